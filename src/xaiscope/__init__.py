@@ -1,0 +1,51 @@
+"""xaiscope: explain why an image classifier predicts what it predicts.
+
+Quick start::
+
+    import xaiscope as xs
+    model = xs.load_model("efficientnet_lite0")
+    image = xs.sample_images()["chelsea"]
+    exp = xs.explain(model, image, method="gradcam")
+    exp.maps  # (1, 300, 451) float32
+"""
+
+from xaiscope.data import load_image, sample_images
+from xaiscope.errors import (
+    ImageLoadError,
+    ModelLoadError,
+    OfflineError,
+    ParameterError,
+    TargetError,
+    UnknownLayerError,
+    UnknownMethodError,
+    UnsupportedModelError,
+    XaiscopeError,
+)
+from xaiscope.explain import explain
+from xaiscope.explanation import Explanation
+from xaiscope.methods import get_method, method_names
+from xaiscope.models import Model, load_model, wrap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Explanation",
+    "ImageLoadError",
+    "Model",
+    "ModelLoadError",
+    "OfflineError",
+    "ParameterError",
+    "TargetError",
+    "UnknownLayerError",
+    "UnknownMethodError",
+    "UnsupportedModelError",
+    "XaiscopeError",
+    "__version__",
+    "explain",
+    "get_method",
+    "load_image",
+    "method_names",
+    "load_model",
+    "sample_images",
+    "wrap",
+]

@@ -1,0 +1,84 @@
+"""Automatic batch sizes that halve on out-of-memory, with progress for long work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+#: Largest batch tried by default: on a CPU larger batches gain nothing and cost memory.
+CPU_BATCH = 32
+GPU_BATCH = 256
+
+
+def default_batch_size(device: torch.device, requested: int | None = None) -> int:
+    """The starting batch size: ``requested`` if given, else a per-device default."""
+    if requested is not None:
+        if requested < 1:
+            from xaiscope.errors import ParameterError
+
+            raise ParameterError(f"batch_size must be >= 1, got {requested}")
+        return int(requested)
+    return GPU_BATCH if device.type == "cuda" else CPU_BATCH
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error of torch (CUDA or host)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def run_batched(
+    fn: Callable[[int, int], T],
+    total: int,
+    batch_size: int,
+    *,
+    desc: str | None = None,
+    progress: bool | None = None,
+) -> list[T]:
+    """Call ``fn(start, stop)`` over ``range(total)`` in chunks of ``batch_size``.
+
+    On out-of-memory the chunk is retried at half the size (down to 1, then re-raised).
+    ``progress=None`` shows a bar only when there are more than 4 chunks and a terminal.
+    """
+    results: list[T] = []
+    size = max(1, int(batch_size))
+    start = 0
+    bar = _bar(total, desc, progress, size)
+    try:
+        while start < total:
+            stop = min(total, start + size)
+            try:
+                results.append(fn(start, stop))
+            except Exception as exc:
+                if not is_oom(exc) or size == 1:
+                    raise
+                size = max(1, size // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            if bar is not None:
+                bar.update(stop - start)
+            start = stop
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) pairs covering ``range(total)``."""
+    for start in range(0, total, size):
+        yield start, min(total, start + size)
+
+
+def _bar(total: int, desc: str | None, progress: bool | None, size: int):  # type: ignore[no-untyped-def]
+    if progress is False or (progress is None and total <= 4 * size):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", leave=False, disable=None if progress is None else False)

@@ -1,0 +1,49 @@
+"""Typed exceptions raised by the xaiscope API.
+
+Every error a user can cause by bad input derives from :class:`XaiscopeError`, so the
+CLI can turn it into one clear line and exit code 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class XaiscopeError(Exception):
+    """Base class of every error xaiscope raises on bad input or an unusable environment."""
+
+
+class ImageLoadError(XaiscopeError, ValueError):
+    """An image could not be read: missing, not an image, truncated, or a decompression bomb."""
+
+
+class ModelLoadError(XaiscopeError, ValueError):
+    """A model spec could not be resolved or its file could not be loaded."""
+
+
+class OfflineError(ModelLoadError):
+    """Pretrained weights were asked for but could not be downloaded (no network)."""
+
+
+class UnknownMethodError(XaiscopeError, KeyError):
+    """The method name is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownLayerError(XaiscopeError, KeyError):
+    """The layer name does not exist in the model."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TargetError(XaiscopeError, ValueError):
+    """A target class is out of range, unknown, or of the wrong shape."""
+
+
+class ParameterError(XaiscopeError, ValueError):
+    """A method hyper-parameter is unknown or has an invalid value."""
+
+
+class UnsupportedModelError(XaiscopeError, TypeError):
+    """The model cannot do what the method needs (e.g. gradients of a black-box model)."""

@@ -1,0 +1,153 @@
+"""The :class:`Explanation` returned by :func:`xaiscope.explain`."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xaiscope.errors import XaiscopeError
+
+Maps = np.ndarray | list[np.ndarray]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"<array shape={tuple(value.shape)}>"
+    return repr(value)
+
+
+@dataclass
+class Explanation:
+    """One method's maps for one target per image.
+
+    ``maps``: float32 (N, H, W) at the original image resolution (a list of (H_i, W_i)
+    arrays when sizes differ), un-normalised. ``raw``: the method's native tensor,
+    (N, C, H, W) in model-input space for pixel methods, (N, h, w) for CAMs.
+    ``targets`` (N,) class indices, ``scores`` (N,) the model's score (logit) for them,
+    ``probabilities`` (N,) their softmax probability, ``delta`` (N,) the completeness gap
+    of path methods (sum of attributions minus f(x) - f(baseline)), else None.
+    """
+
+    method: str
+    params: dict[str, Any]
+    targets: np.ndarray
+    scores: np.ndarray
+    maps: Maps
+    raw: torch.Tensor | None = None
+    delta: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    target_labels: list[str] = field(default_factory=list)
+    layer: str | None = None
+    model_name: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __repr__(self) -> str:
+        shape = (
+            tuple(self.maps.shape)
+            if isinstance(self.maps, np.ndarray)
+            else f"{len(self.maps)} maps of different sizes"
+        )
+        return (
+            f"Explanation(method={self.method!r}, maps={shape}, "
+            f"targets={self.target_labels or self.targets.tolist()})"
+        )
+
+    def map(self, i: int = 0) -> np.ndarray:
+        """The (H_i, W_i) map of image ``i``."""
+        return self.maps[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary: method, parameters, targets, labels, scores, delta."""
+        return {
+            "method": self.method,
+            "params": _jsonable(self.params),
+            "layer": self.layer,
+            "model": self.model_name,
+            "targets": [int(t) for t in self.targets],
+            "target_labels": list(self.target_labels),
+            "scores": [float(s) for s in self.scores],
+            "probabilities": None
+            if self.probabilities is None
+            else [float(p) for p in self.probabilities],
+            "delta": None if self.delta is None else [float(d) for d in self.delta],
+            "map_shapes": [list(m.shape) for m in self.maps],
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write maps, raw output and metadata to one ``.npz`` file (suffix added if missing)."""
+        out = Path(path)
+        if out.suffix != ".npz":
+            out = out.with_suffix(out.suffix + ".npz") if out.suffix else out.with_suffix(".npz")
+        arrays: dict[str, np.ndarray] = {
+            "targets": np.asarray(self.targets, dtype=np.int64),
+            "scores": np.asarray(self.scores, dtype=np.float32),
+        }
+        if isinstance(self.maps, np.ndarray):
+            arrays["maps"] = self.maps
+        else:
+            for i, m in enumerate(self.maps):
+                arrays[f"maps_{i}"] = m
+        if self.raw is not None:
+            arrays["raw"] = self.raw.detach().float().cpu().numpy()
+        if self.delta is not None:
+            arrays["delta"] = np.asarray(self.delta, dtype=np.float32)
+        if self.probabilities is not None:
+            arrays["probabilities"] = np.asarray(self.probabilities, dtype=np.float32)
+        meta = self.to_dict()
+        meta["n_maps"] = len(self.maps)
+        meta["ragged"] = not isinstance(self.maps, np.ndarray)
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Explanation:
+        """Read an explanation written by :meth:`save`."""
+        try:
+            with np.load(Path(path), allow_pickle=False) as data:
+                meta = json.loads(data["meta"].tobytes().decode())
+                maps: Maps
+                if meta.get("ragged"):
+                    maps = [data[f"maps_{i}"] for i in range(meta["n_maps"])]
+                else:
+                    maps = data["maps"]
+                raw = torch.from_numpy(data["raw"]) if "raw" in data else None
+                return cls(
+                    method=meta["method"],
+                    params=meta["params"],
+                    targets=data["targets"],
+                    scores=data["scores"],
+                    maps=maps,
+                    raw=raw,
+                    delta=data["delta"] if "delta" in data else None,
+                    probabilities=data["probabilities"] if "probabilities" in data else None,
+                    target_labels=list(meta.get("target_labels") or []),
+                    layer=meta.get("layer"),
+                    model_name=meta.get("model"),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise XaiscopeError(f"cannot read explanation {path}: {exc}") from exc
+
+    def plot(self, images: Any = None, *, ax: Any = None, alpha: float = 0.5, cmap: str = "jet"):  # type: ignore[no-untyped-def]
+        """Plot each map (overlaid on ``images`` when given); returns the matplotlib figure."""
+        from xaiscope.viz import plot_explanation
+
+        return plot_explanation(self, images, ax=ax, alpha=alpha, cmap=cmap)

@@ -1,0 +1,126 @@
+"""Baselines (references) for path methods, defined in pixel space and preprocessed like the image.
+
+Named baselines follow Sturmfels, Lundberg, Lee (2020), "Visualizing the Impact of Feature
+Attribution Baselines", Distill: ``black``, ``white``, ``uniform`` (uniform noise image),
+``noise`` (the image plus Gaussian noise, sigma 0.2, clipped), ``blur`` (the image blurred with
+a Gaussian of sigma = 10 % of its size), and ``adversarial``: an image found by gradient
+steps from uniform noise that the model scores 50/50 between the target and the runner-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xaiscope.errors import ParameterError
+from xaiscope.methods.registry import MethodContext
+
+BASELINES = ("black", "white", "noise", "blur", "uniform", "adversarial")
+
+
+def make_baseline(ctx: MethodContext, baseline: Any) -> torch.Tensor:
+    """The preprocessed baseline for each image, (N, C, H, W) like ``ctx.x``.
+
+    ``baseline`` is a name from :data:`BASELINES`, a gray level in [0, 1], or an image
+    array ((H, W, 3) for all images, (N, H, W, 3) one per image) in pixel space.
+    """
+    x01 = ctx.images01
+    n = x01.shape[0]
+    if isinstance(baseline, str):
+        name = baseline.lower()
+        if name == "black":
+            pix = torch.zeros_like(x01)
+        elif name == "white":
+            pix = torch.ones_like(x01)
+        elif name == "uniform":
+            pix = torch.rand(x01.shape, generator=ctx.generator(), device=x01.device)
+        elif name == "noise":
+            noise = torch.randn(x01.shape, generator=ctx.generator(), device=x01.device)
+            pix = (x01 + 0.2 * noise).clamp(0, 1)
+        elif name == "blur":
+            pix = gaussian_blur(x01, sigma=0.1 * max(x01.shape[-2:]))
+        elif name == "adversarial":
+            return adversarial_baseline(ctx)
+        else:
+            raise ParameterError(
+                f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}, "
+                "a gray level in [0, 1] or an image array"
+            )
+        return ctx.model.normalize(pix)
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        if not 0 <= float(baseline) <= 1:
+            raise ParameterError(f"a gray-level baseline must lie in [0, 1], got {baseline}")
+        return ctx.model.normalize(torch.full_like(x01, float(baseline)))
+    if isinstance(baseline, torch.Tensor):
+        baseline = baseline.detach().cpu().numpy()
+    if isinstance(baseline, np.ndarray):
+        arr = baseline
+        if arr.ndim == 3:
+            out = ctx.model.preprocess(arr).expand(n, -1, -1, -1)
+        elif arr.ndim == 4 and arr.shape[0] in (1, n):
+            out = ctx.model.preprocess(arr).expand(n, -1, -1, -1)
+        else:
+            raise ParameterError(
+                f"baseline array must be (H, W, 3) or ({n}, H, W, 3), got {arr.shape}"
+            )
+        return out.to(ctx.x.device, ctx.x.dtype).contiguous()
+    raise ParameterError(f"unsupported baseline of type {type(baseline).__name__}")
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) with reflection padding."""
+    radius = max(1, min(int(3 * sigma), min(x.shape[-2:]) - 1))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    out = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.pad(out, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def adversarial_baseline(
+    ctx: MethodContext, steps: int = 100, lr: float = 0.05, tol: float = 0.02
+) -> torch.Tensor:
+    """An image the model scores 50/50 between the target and the runner-up class.
+
+    Starts from uniform noise and takes Adam steps in pixel space (clipped to [0, 1]) on
+    (log p_t - log p_r)^2 - log(p_t + p_r): equal odds for the two classes, which also
+    dominate the others. The runner-up is the best class other than the target on the
+    original image. Stops once |p_t - p_r| < tol * (p_t + p_r) for every image, after at
+    most ``steps`` steps of one forward and one backward each.
+    """
+    model = ctx.model
+    logits = ctx.logits if ctx.logits is not None else model.forward(ctx.x)
+    masked = logits.float().clone()
+    masked.scatter_(1, ctx.targets[:, None].to(masked.device), float("-inf"))
+    runner = masked.argmax(1)
+    pair = torch.stack([ctx.targets.to(runner.device), runner], 1)
+    pix = torch.rand(ctx.images01.shape, generator=ctx.generator(), device=ctx.x.device)
+    pix.requires_grad_(True)
+    opt = torch.optim.Adam([pix], lr=lr)
+    z = model.forward(model.normalize(pix.detach())).float()
+    for _ in range(steps):
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(True)
+            logp = torch.log_softmax(zz, 1)
+            lt, lr_ = logp.gather(1, pair[:, :1])[:, 0], logp.gather(1, pair[:, 1:])[:, 0]
+            pt, pr = lt.exp(), lr_.exp()
+            if bool(((pt - pr).abs() < tol * (pt + pr)).all()):
+                break
+            loss = ((lt - lr_) ** 2 - torch.logaddexp(lt, lr_)).sum()
+            (w,) = torch.autograd.grad(loss, zz)
+            # chain rule through the preprocessing: gradient w.r.t. pixels, not model input
+            x = model.normalize(pix)
+            gp = model.grad_pass(x.detach(), w, need_input=True)
+            assert gp.input_grads is not None
+            (pix.grad,) = torch.autograd.grad(x, pix, gp.input_grads[0])
+        opt.step()
+        with torch.no_grad():
+            pix.clamp_(0, 1)
+        z = model.forward(model.normalize(pix.detach())).float()
+    return model.normalize(pix.detach())

@@ -1,0 +1,185 @@
+"""The method registry: one entry per explanation method, one small file per method.
+
+The CLI, the app and the contract tests are generated from this registry. A method is a
+function ``fn(ctx, **params) -> MethodOutput``; its keyword-only parameters with
+defaults are its hyper-parameters, read from the signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from xaiscope.errors import ParameterError, UnknownMethodError
+from xaiscope.models.base import GradPass, Model
+
+Family = Literal["gradient", "cam", "perturbation", "attention"]
+SharedNeed = Literal["input", "layer"]
+
+
+@dataclass
+class MethodOutput:
+    """A method's result for one target set.
+
+    ``raw``: native output ((N, C, H, W) in model-input space for pixel methods,
+    (N, h, w) at layer resolution for CAMs). ``map``: (N, h, w) single-channel map at any
+    resolution, resized to each image by :func:`xaiscope.explain`. ``delta``: (N,)
+    completeness gap, where the method defines one. ``extras``: anything else worth keeping.
+    """
+
+    raw: torch.Tensor
+    map: torch.Tensor
+    delta: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodContext:
+    """What a method sees: the model, the preprocessed batch and one target per row.
+
+    ``x`` (N, C, H, W) on the model's device; ``targets`` (N,) long; ``layer`` for layer
+    methods; ``batch_size`` is the starting chunk size; ``images01`` (N, 3, H, W) in
+    [0, 1] at model resolution, for baselines defined in pixel space.
+    """
+
+    model: Model
+    x: torch.Tensor
+    targets: torch.Tensor
+    images01: torch.Tensor
+    layer: str | None = None
+    batch_size: int = 32
+    seed: int | None = None
+    progress: bool | None = None
+    shared: GradPass | None = None
+    logits: torch.Tensor | None = None
+
+    def generator(self) -> torch.Generator:
+        """A generator on the model's device, seeded with ``seed`` (random when None)."""
+        gen = torch.Generator(device=self.x.device)
+        if self.seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(int(self.seed))
+        return gen
+
+    def target_scores(self) -> torch.Tensor:
+        """The model's score for each target, (N,)."""
+        logits = self.logits if self.logits is not None else self.model.forward(self.x)
+        return logits.gather(1, self.targets[:, None].to(logits.device))[:, 0].float()
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered method: its name, family, needs, hyper-parameters and paper."""
+
+    name: str
+    fn: Callable[..., MethodOutput]
+    family: Family
+    paper: str
+    summary: str
+    aliases: tuple[str, ...] = ()
+    needs_gradients: bool = True
+    uses_layer: bool = False
+    stochastic: bool = False
+    #: what the shared single forward/backward pass must provide (empty: method runs alone)
+    shared: frozenset[str] = frozenset()
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Hyper-parameters and their defaults."""
+        sig = inspect.signature(self.fn)
+        return {
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Reject unknown parameters with the list of valid ones; return defaults + params."""
+        defaults = self.defaults
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            valid = ", ".join(sorted(defaults)) or "none"
+            raise ParameterError(
+                f"{self.name} has no parameter {', '.join(unknown)}; valid parameters: {valid}"
+            )
+        return {**defaults, **params}
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(
+    name: str,
+    *,
+    family: Family,
+    paper: str,
+    summary: str,
+    aliases: tuple[str, ...] = (),
+    needs_gradients: bool = True,
+    uses_layer: bool = False,
+    stochastic: bool = False,
+    shared: frozenset[str] | set[str] = frozenset(),
+) -> Callable[[Callable[..., MethodOutput]], Callable[..., MethodOutput]]:
+    """Decorator adding a method function to the registry."""
+
+    def deco(fn: Callable[..., MethodOutput]) -> Callable[..., MethodOutput]:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} registered twice")
+        _REGISTRY[name] = MethodInfo(
+            name=name,
+            fn=fn,
+            family=family,
+            paper=paper,
+            summary=summary,
+            aliases=aliases,
+            needs_gradients=needs_gradients,
+            uses_layer=uses_layer,
+            stochastic=stochastic,
+            shared=frozenset(shared),
+        )
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return fn
+
+    return deco
+
+
+def _load_all() -> None:
+    # importing the package registers every method file
+    import xaiscope.methods  # noqa: F401
+
+
+def get_method(name: str) -> MethodInfo:
+    """The method called ``name`` (or an alias); :class:`UnknownMethodError` lists valid ones."""
+    _load_all()
+    key = name.strip()
+    for candidate in (key, key.lower(), key.lower().replace("-", "_")):
+        candidate = _ALIASES.get(candidate, candidate)
+        if candidate in _REGISTRY:
+            return _REGISTRY[candidate]
+    raise UnknownMethodError(
+        f"unknown method {name!r}; valid methods: {', '.join(method_names())}"
+    )
+
+
+def method_names(*, needs_gradients: bool | None = None, family: str | None = None) -> list[str]:
+    """Registered method names, in registration order, optionally filtered."""
+    _load_all()
+    return [
+        m.name
+        for m in _REGISTRY.values()
+        if (needs_gradients is None or m.needs_gradients == needs_gradients)
+        and (family is None or m.family == family)
+    ]
+
+
+def all_methods() -> list[MethodInfo]:
+    """Every registered method."""
+    _load_all()
+    return list(_REGISTRY.values())

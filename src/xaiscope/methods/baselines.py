@@ -84,43 +84,42 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def adversarial_baseline(
-    ctx: MethodContext, steps: int = 100, lr: float = 0.05, tol: float = 0.02
+    ctx: MethodContext, steps: int = 300, lr: float = 0.01, tol: float = 0.02
 ) -> torch.Tensor:
     """An image the model scores 50/50 between the target and the runner-up class.
 
     Starts from uniform noise and takes Adam steps in pixel space (clipped to [0, 1]) on
-    (log p_t - log p_r)^2 - log(p_t + p_r): equal odds for the two classes, which also
-    dominate the others. The runner-up is the best class other than the target on the
-    original image. Stops once |p_t - p_r| < tol * (p_t + p_r) for every image, after at
-    most ``steps`` steps of one forward and one backward each.
+    (log p_t - log p_r)^2 - log(p_t + p_r): equal odds for the two classes, which together
+    also dominate the others. The runner-up is the best class other than the target on
+    the original image. Stops once every image has |p_t - p_r| < tol (p_t + p_r) and
+    p_t + p_r > 1/2, after at most ``steps`` steps of one forward and one backward each.
     """
     model = ctx.model
     logits = ctx.logits if ctx.logits is not None else model.forward(ctx.x)
     masked = logits.float().clone()
     masked.scatter_(1, ctx.targets[:, None].to(masked.device), float("-inf"))
-    runner = masked.argmax(1)
-    pair = torch.stack([ctx.targets.to(runner.device), runner], 1)
+    pair = torch.stack([ctx.targets.to(masked.device), masked.argmax(1)], 1)
     pix = torch.rand(ctx.images01.shape, generator=ctx.generator(), device=ctx.x.device)
     pix.requires_grad_(True)
     opt = torch.optim.Adam([pix], lr=lr)
-    z = model.forward(model.normalize(pix.detach())).float()
     for _ in range(steps):
         with torch.enable_grad():
-            zz = z.detach().requires_grad_(True)
-            logp = torch.log_softmax(zz, 1)
+            x = model.normalize(pix)
+            # the loss is a function of the logits: get dL/dz at this point, then one
+            # backward of sum_j (dL/dz_j) z_j through the model gives dL/dx
+            z = model.forward(x.detach()).float().clone().requires_grad_(True)
+            logp = torch.log_softmax(z, 1)
             lt, lr_ = logp.gather(1, pair[:, :1])[:, 0], logp.gather(1, pair[:, 1:])[:, 0]
-            pt, pr = lt.exp(), lr_.exp()
-            if bool(((pt - pr).abs() < tol * (pt + pr)).all()):
+            pt, pr = lt.detach().exp(), lr_.detach().exp()
+            if bool((((pt - pr).abs() < tol * (pt + pr)) & (pt + pr > 0.5)).all()):
                 break
             loss = ((lt - lr_) ** 2 - torch.logaddexp(lt, lr_)).sum()
-            (w,) = torch.autograd.grad(loss, zz)
-            # chain rule through the preprocessing: gradient w.r.t. pixels, not model input
-            x = model.normalize(pix)
+            (w,) = torch.autograd.grad(loss, z)
             gp = model.grad_pass(x.detach(), w, need_input=True)
             assert gp.input_grads is not None
-            (pix.grad,) = torch.autograd.grad(x, pix, gp.input_grads[0])
+            (grad,) = torch.autograd.grad(x, pix, gp.input_grads[0].to(x.dtype))
+        pix.grad = grad
         opt.step()
         with torch.no_grad():
             pix.clamp_(0, 1)
-        z = model.forward(model.normalize(pix.detach())).float()
     return model.normalize(pix.detach())

@@ -4,7 +4,10 @@ Chattopadhay, Sarkar, Howlader, Balasubramanian (2018), "Grad-CAM++: Generalized
 Gradient-based Visual Explanations for Deep Convolutional Networks", WACV.
 Channel weights sum_ij alpha_ij ReLU(g_ij) with
 alpha = g^2 / (2 g^2 + sum_ij(A) g^3), the paper's closed form for an exponential score
-(the form pytorch-grad-cam uses). Raw: ReLU(sum_k w_k A_k), (N, h, w).
+(the form pytorch-grad-cam uses). ``eps`` is added to the denominator as pytorch-grad-cam
+does (1e-6), so maps match it; since gradients are often ~1e-3, eps changes the weights
+noticeably: ``eps=0`` gives the exact formula (alpha = 0 where the denominator vanishes).
+Raw: ReLU(sum_k w_k A_k), (N, h, w).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from xaiscope.methods.registry import MethodContext, MethodOutput, register
     uses_layer=True,
     shared={"layer"},
 )
-def gradcam_plus_plus(ctx: MethodContext) -> MethodOutput:
+def gradcam_plus_plus(ctx: MethodContext, *, eps: float = 1e-6) -> MethodOutput:
     a, g = layer_tensors(ctx)
     a, g = a.float(), g.float()
     g2 = g * g
     denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g
-    alpha = torch.where(g != 0, g2 / (denom + 1e-7), torch.zeros_like(g))
+    denom = denom + eps
+    ok = (g != 0) & (denom != 0)
+    alpha = torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(g))
     weights = (alpha * g.clamp(min=0)).sum(dim=(2, 3))
     cam = cam_from_weights(weights, a)
     return MethodOutput(raw=cam, map=cam)

@@ -2,8 +2,8 @@
 
 Sundararajan, Taly, Yan (2017), "Axiomatic Attribution for Deep Networks", ICML.
 attr = (x - b) * sum_i w_i * grad f(b + a_i (x - b)), with the nodes a_i and weights w_i of
-``rule``: riemann_left, riemann_right, riemann_middle, riemann_trapezoid (as Captum defines
-them) or gausslegendre. ``delta`` is the completeness gap per image,
+``rule``: riemann_left, riemann_right, riemann_middle, riemann_trapezoid (exactly as Captum
+defines them, so results match Captum's) or gausslegendre. ``delta`` is the completeness gap per image,
 sum(attr) - (f(x) - f(b)); it shrinks as ``n_steps`` grows. Raw (N, C, H, W); map: sum
 over channels. The baseline is defined in pixel space (see :mod:`.baselines`).
 """
@@ -29,16 +29,24 @@ def path_nodes(rule: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     if n_steps < 1 or (rule == "riemann_trapezoid" and n_steps < 2):
         raise ParameterError(f"n_steps must be >= {2 if rule == 'riemann_trapezoid' else 1}")
     n = n_steps
+
+    def linspace(a: float, b: float) -> np.ndarray:
+        # float32 nodes as Captum builds them: on ReLU6 networks a one-ulp move of a node
+        # can shift the attributions by 1e-3, so the same nodes are needed to compare
+        return torch.linspace(a, b, n).double().numpy()
+
     if rule == "riemann_left":
-        return np.linspace(0, 1 - 1 / n, n), np.full(n, 1 / n)
+        return linspace(0, 1 - 1 / n), np.full(n, 1 / n)
     if rule == "riemann_right":
-        return np.linspace(1 / n, 1, n), np.full(n, 1 / n)
+        return linspace(1 / n, 1), np.full(n, 1 / n)
     if rule == "riemann_middle":
-        return np.linspace(1 / (2 * n), 1 - 1 / (2 * n), n), np.full(n, 1 / n)
+        return linspace(1 / (2 * n), 1 - 1 / (2 * n)), np.full(n, 1 / n)
     if rule == "riemann_trapezoid":
-        w = np.full(n, 1 / (n - 1))
-        w[0] = w[-1] = 1 / (2 * (n - 1))
-        return np.linspace(0, 1, n), w
+        # Captum's convention, kept so results compare one to one: nodes 0..1, steps 1/n
+        # with halved end weights (they sum to (n - 1)/n, a bias of about 1/n)
+        w = np.full(n, 1 / n)
+        w[0] = w[-1] = 1 / (2 * n)
+        return linspace(0, 1), w
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
         return 0.5 * (nodes + 1), 0.5 * weights

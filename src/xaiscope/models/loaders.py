@@ -112,9 +112,10 @@ def load_efficientnet_lite0(device: str | torch.device | None = None, **kw: Any)
     """The embedded default: ImageNet EfficientNet-Lite0, offline.
 
     The shipped state dict (TensorFlow-ported, EfficientNet-PyTorch key names) is mapped
-    by order and shape onto ``timm``'s ``efficientnet_lite0``. The weights were trained
-    in TensorFlow, so batch norm uses TF's epsilon (1e-3) and inputs are scaled to
-    [-1, 1] (mean = std = 0.5), as in the TF Lite reference preprocessing.
+    by order and shape onto ``timm``'s ``efficientnet_lite0`` and used with timm's
+    configuration for it (ImageNet mean and std, batch-norm epsilon 1e-5), so that
+    ``model.module`` is exactly what timm builds. Top-1 for scikit-image's ``chelsea`` is
+    'Egyptian cat'.
     """
     import timm
 
@@ -131,15 +132,13 @@ def load_efficientnet_lite0(device: str | torch.device | None = None, **kw: Any)
     ):
         raise ModelLoadError(f"{path} does not match timm's efficientnet_lite0 layer by layer")
     module.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)))
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.eps = 1e-3
+    cfg = module.pretrained_cfg
     return TorchModel(
         module,
         labels=list(imagenet_labels()),
         input_size=(224, 224),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
+        mean=cfg.get("mean", IMAGENET_MEAN),
+        std=cfg.get("std", IMAGENET_STD),
         device=device,
         name="efficientnet_lite0",
     )
@@ -157,6 +156,38 @@ def _download_error(name: str, exc: BaseException) -> OfflineError:
     )
 
 
+def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after a minute of retries, when the weights hub is unreachable.
+
+    Weights already in the local cache, or HF_HUB_OFFLINE set by the user, skip the check
+    (timm then loads from the cache or reports what is missing).
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - timm depends on it
+        return
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        import timm
+
+        hub_id = timm.models.get_pretrained_cfg(name.split(":", 1)[1]).hf_hub_id
+    except Exception:
+        hub_id = None
+    if hub_id and (Path(constants.HF_HUB_CACHE) / ("models--" + hub_id.replace("/", "--"))).is_dir():
+        return
+    host = urlparse(constants.ENDPOINT).hostname
+    if not host:
+        return
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as exc:
+        raise _download_error(name, exc) from exc
+
+
 def _load_timm(
     name: str,
     *,
@@ -171,6 +202,8 @@ def _load_timm(
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
         raise ModelLoadError(f"timm has no model {name!r} (see timm.list_models())")
     extra: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if pretrained:
+        _check_hub_reachable(f"timm:{name}")
     try:
         module = timm.create_model(name, pretrained=pretrained, **extra, **kw)
     except (OSError, RuntimeError, ConnectionError) as exc:

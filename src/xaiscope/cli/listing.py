@@ -1,0 +1,91 @@
+"""``xaiscope models`` and ``xaiscope methods``: what can be loaded and what can be run."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from xaiscope.cli.common import check_device, load_model
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``models`` (with ``list`` and ``layers``) and ``methods`` on ``sub``."""
+    models = sub.add_parser(
+        "models",
+        help="list loadable models, or a model's layers",
+        description="List model specs `--model` accepts, or the layers of one model.",
+    )
+    models.set_defaults(func=run_models_list)
+    msub = models.add_subparsers(dest="models_command", metavar="{list,layers}")
+    lst = msub.add_parser("list", help="model specs --model accepts (the default)")
+    lst.set_defaults(func=run_models_list)
+    layers = msub.add_parser(
+        "layers",
+        help="layer names usable for CAMs and activations; the default is marked",
+        description="Print a model's layer names one per line; '(default)' marks the layer "
+        "CAM methods use when --layer is not given.",
+    )
+    layers.add_argument(
+        "model", nargs="?", default=DEFAULT_MODEL, help=f"model spec (default: {DEFAULT_MODEL})"
+    )
+    layers.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
+    layers.set_defaults(func=run_models_layers)
+
+    methods = sub.add_parser(
+        "methods",
+        help="list explanation methods with their parameters",
+        description="List the registered explanation methods: family, aliases, parameters "
+        "with defaults (settable with `explain --param`), and paper.",
+    )
+    methods.add_argument("name", nargs="?", default=None, help="show one method only")
+    methods.set_defaults(func=run_methods)
+
+
+def run_models_list(args: argparse.Namespace) -> int:
+    from xaiscope.models import available_models
+
+    specs = available_models()
+    width = max(len(s) for s in specs)
+    for spec, about in specs.items():
+        print(f"{spec:<{width}}  {about}")
+    return 0
+
+
+def run_models_layers(args: argparse.Namespace) -> int:
+    model = load_model(args.model, check_device(args.device))
+    names = model.layers()
+    default = model.default_layer
+    for name in names:
+        print(f"{name}  (default)" if name == default else name)
+    if default is not None and default not in names:
+        print(f"{default}  (default)")
+    return 0
+
+
+def run_methods(args: argparse.Namespace) -> int:
+    from xaiscope.methods.registry import all_methods, get_method
+
+    infos = [get_method(args.name)] if args.name else all_methods()
+    for n, info in enumerate(infos):
+        if n:
+            print()
+        needs = []
+        if info.uses_layer:
+            needs.append("layer")
+        if not info.needs_gradients:
+            needs.append("black-box")
+        if info.stochastic:
+            needs.append("random: --seed")
+        extra = f"  ({', '.join(needs)})" if needs else ""
+        print(f"{info.name}  [{info.family}]{extra}")
+        if info.aliases:
+            print(f"    aliases: {', '.join(info.aliases)}")
+        params = ", ".join(f"{k}={v!r}" for k, v in info.defaults.items())
+        print(f"    parameters: {params or 'none'}")
+        if info.summary:
+            print(f"    {info.summary}")
+        if info.paper:
+            print(f"    paper: {info.paper}")
+    return 0

@@ -1,0 +1,115 @@
+"""The ``xaiscope`` command line: ``explain``, ``models``, ``methods``.
+
+Bad input of any kind ends in one line on stderr, ``xaiscope: error: ...``, and exit
+code 2; Ctrl-C exits 130. Set ``XAISCOPE_DEBUG=1`` (or pass ``--debug``) to see the
+traceback of unexpected errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from xaiscope.cli.common import UsageError, one_line, reason
+
+PROG = "xaiscope"
+SUBCOMMANDS = ("explain", "models", "methods")
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage, so every error is one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (subparsers inherit the one-line error behaviour)."""
+    from xaiscope import __version__
+    from xaiscope.cli import explain_cmd, listing
+
+    parser = _Parser(
+        prog=PROG,
+        description="Explain image classifiers. With no command, `explain` runs on a sample "
+        "photo with the default model.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="{explain,models,methods}")
+    explain_cmd.add_parser(sub)
+    listing.add_parsers(sub)
+    return parser
+
+
+def _with_default_command(argv: list[str]) -> list[str]:
+    """``xaiscope`` and ``xaiscope photo.jpg --method x`` mean ``xaiscope explain ...``.
+
+    ``--debug`` is accepted anywhere on the line (it is moved in front of the command).
+    """
+    rest = [a for a in argv if a != "--debug"]
+    debug = ["--debug"] if len(rest) != len(argv) else []
+    if not rest:
+        return [*debug, "explain"]
+    first = rest[0]
+    if first in SUBCOMMANDS or first in ("-h", "--help", "--version"):
+        return [*debug, *rest]
+    if first.startswith("-") or os.path.exists(first) or first.startswith("sample:"):
+        return [*debug, "explain", *rest]
+    return [*debug, *rest]
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list or os.environ.get("XAISCOPE_DEBUG", "") not in ("", "0")
+    # Agg before anything imports pyplot: the CLI must never need a display
+    if "matplotlib.pyplot" not in sys.modules:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    from xaiscope.errors import XaiscopeError
+
+    try:
+        args = build_parser().parse_args(_with_default_command(args_list))
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except XaiscopeError as exc:
+        if debug:
+            raise
+        return _fail(str(exc), EXIT_USAGE)
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BrokenPipeError:  # the reader went away (`xaiscope methods | head`): stop quietly
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            # Python flushes stdout at exit; point it at devnull so that flush cannot fail
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
+    except OSError as exc:
+        if debug:
+            raise
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        return _fail(f"cannot write{where}: {exc.strerror or reason(exc)}", EXIT_FAILURE)
+    except Exception as exc:
+        if debug:
+            raise
+        return _fail(
+            f"unexpected {reason(exc)} (rerun with --debug for the traceback)", EXIT_FAILURE
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

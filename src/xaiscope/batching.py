@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -83,9 +83,15 @@ def chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(total, start + size)
 
 
-def _bar(total: int, desc: str | None, progress: bool | None, size: int):  # type: ignore[no-untyped-def]
+def _bar(total: int, desc: str | None, progress: bool | None, size: int) -> Any:
     if progress is False or (progress is None and total <= 4 * size):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="sample", leave=False, disable=None if progress is None else False)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="sample",
+        leave=False,
+        disable=None if progress is None else False,
+    )

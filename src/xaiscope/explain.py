@@ -67,23 +67,34 @@ def resolve_targets(
         if target.strip().lower() == "true":
             if labels is None:
                 raise TargetError("target='true' needs labels= (the true class of each image)")
-            return resolve_targets(model, logits, list(labels) if not isinstance(labels, str) else [labels])
+            return resolve_targets(
+                model, logits, list(labels) if not isinstance(labels, str) else [labels]
+            )
         return torch.full((n, 1), _class_index(model, target, classes), device=logits.device)
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         return torch.full((n, 1), _class_index(model, int(target), classes), device=logits.device)
     if isinstance(target, (list, tuple, np.ndarray, torch.Tensor)):
-        items = list(np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target, dtype=object).ravel())
+        items = list(
+            np.asarray(
+                target.cpu() if isinstance(target, torch.Tensor) else target, dtype=object
+            ).ravel()
+        )
         if len(items) != n:
             raise TargetError(f"got {len(items)} targets for {n} images")
         idx = [_class_index(model, t, classes) for t in items]
         return torch.tensor(idx, device=logits.device).view(n, 1)
-    raise TargetError(f"unsupported target {target!r}: use 'top1', 'top3', an int, a label or a list")
+    raise TargetError(
+        f"unsupported target {target!r}: use 'top1', 'top3', an int, a label or a list"
+    )
 
 
 def _class_index(model: Model, t: Any, classes: int) -> int:
     if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
         if not 0 <= int(t) < classes:
-            raise TargetError(f"target class {int(t)} out of range: the model has {classes} classes (0..{classes - 1})")
+            raise TargetError(
+                f"target class {int(t)} out of range: "
+                f"the model has {classes} classes (0..{classes - 1})"
+            )
         return int(t)
     if isinstance(t, str):
         text = t.strip()
@@ -208,8 +219,18 @@ def explain(
     results: list[Explanation] = []
     for info in infos:
         outputs = _run_method(
-            info, per_params[info.name], model, x, images01, tgt, logits, layer_name, bs, seed,
-            progress, shared,
+            info,
+            per_params[info.name],
+            model,
+            x,
+            images01,
+            tgt,
+            logits,
+            layer_name,
+            bs,
+            seed,
+            progress,
+            shared,
         )
         for k, out in enumerate(outputs):
             t = tgt[:, k]
@@ -294,8 +315,16 @@ def _run_method(
                 layer_grads=None if shared.layer_grads is None else shared.layer_grads[k : k + 1],
             )
             ctx = MethodContext(
-                model=model, x=x, targets=tgt[:, k], images01=images01, layer=layer,
-                batch_size=bs, seed=seed, progress=progress, shared=view, logits=logits,
+                model=model,
+                x=x,
+                targets=tgt[:, k],
+                images01=images01,
+                layer=layer,
+                batch_size=bs,
+                seed=seed,
+                progress=progress,
+                shared=view,
+                logits=logits,
             )
             outs.append(info.fn(ctx, **params))
         return outs
@@ -320,7 +349,9 @@ def _run_method(
             map=out.map[k * n : (k + 1) * n],
             delta=None if out.delta is None else out.delta[k * n : (k + 1) * n],
             extras={
-                key: v[k * n : (k + 1) * n] if isinstance(v, torch.Tensor) and len(v) == n * k_sets else v
+                key: v[k * n : (k + 1) * n]
+                if isinstance(v, torch.Tensor) and len(v) == n * k_sets
+                else v
                 for key, v in out.extras.items()
             },
         )
@@ -328,7 +359,9 @@ def _run_method(
     ]
 
 
-def _to_image_size(maps: torch.Tensor, sizes: list[tuple[int, int]]) -> np.ndarray | list[np.ndarray]:
+def _to_image_size(
+    maps: torch.Tensor, sizes: list[tuple[int, int]]
+) -> np.ndarray | list[np.ndarray]:
     """Bilinear resize of (N, h, w) maps to each image's (H_i, W_i), as float32 numpy."""
     m = maps.detach().float()[:, None]
     if len(set(sizes)) == 1:

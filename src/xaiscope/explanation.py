@@ -137,8 +137,8 @@ class Explanation:
                     scores=data["scores"],
                     maps=maps,
                     raw=raw,
-                    delta=data["delta"] if "delta" in data else None,
-                    probabilities=data["probabilities"] if "probabilities" in data else None,
+                    delta=data.get("delta"),
+                    probabilities=data.get("probabilities"),
                     target_labels=list(meta.get("target_labels") or []),
                     layer=meta.get("layer"),
                     model_name=meta.get("model"),
@@ -146,7 +146,9 @@ class Explanation:
         except (OSError, KeyError, ValueError) as exc:
             raise XaiscopeError(f"cannot read explanation {path}: {exc}") from exc
 
-    def plot(self, images: Any = None, *, ax: Any = None, alpha: float = 0.5, cmap: str = "jet"):  # type: ignore[no-untyped-def]
+    def plot(
+        self, images: Any = None, *, ax: Any = None, alpha: float = 0.5, cmap: str = "jet"
+    ) -> Any:
         """Plot each map (overlaid on ``images`` when given); returns the matplotlib figure."""
         from xaiscope.viz import plot_explanation
 

@@ -70,7 +70,15 @@ class CountingModel(TorchModel):
 def test_cam_methods_share_one_pass_per_target_set():
     model = CountingModel(SmallCNN(), input_size=16)
     images = rand_images(8, size=16)
-    cams = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "saliency", "gradient_x_input"]
+    cams = [
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "hirescam",
+        "saliency",
+        "gradient_x_input",
+    ]
     out = xs.explain(model, images, methods=cams, targets="top3", batch_size=8)
     assert len(out) == len(cams) * 3
     assert model.grad_passes == 1  # one forward for everything
@@ -81,8 +89,14 @@ def test_params_routing_and_errors(small):
     images = rand_images(1, size=16)
     out = xs.explain(small, images, methods=["ig", "smoothgrad"], n_steps=3, n_samples=2, seed=0)
     assert out[0].params["n_steps"] == 3 and out[1].params["n_samples"] == 2
-    per = xs.explain(small, images, methods=["ig", "vargrad"],
-                     integrated_gradients={"n_steps": 5}, vargrad={"n_samples": 3}, seed=0)
+    per = xs.explain(
+        small,
+        images,
+        methods=["ig", "vargrad"],
+        integrated_gradients={"n_steps": 5},
+        vargrad={"n_samples": 3},
+        seed=0,
+    )
     assert per[0].params["n_steps"] == 5 and per[1].params["n_samples"] == 3
     with pytest.raises(xs.ParameterError, match="valid"):
         xs.explain(small, images, method="gradcam", n_steps=3)
@@ -138,7 +152,11 @@ def test_black_box_model_asked_for_gradients():
 def test_save_load_round_trip(tmp_path, small):
     images = [rand_images(1, size=16)[0], rand_images(1, size=24, seed=3)[0]]
     for method in ["ig", "gradcam"]:
-        e = xs.explain(small, images, method=method, n_steps=4) if method == "ig" else xs.explain(small, images, method=method)
+        e = (
+            xs.explain(small, images, method=method, n_steps=4)
+            if method == "ig"
+            else xs.explain(small, images, method=method)
+        )
         path = e.save(tmp_path / f"{method}")
         assert path.suffix == ".npz"
         back = xs.Explanation.load(path)

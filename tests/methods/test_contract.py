@@ -28,9 +28,18 @@ def small():
 
 def test_registry_is_complete():
     expected = {
-        "saliency", "smoothgrad", "vargrad", "gradient_x_input", "integrated_gradients",
-        "expected_gradients", "guided_backprop", "gradcam", "gradcam++", "xgradcam",
-        "layercam", "hirescam",
+        "saliency",
+        "smoothgrad",
+        "vargrad",
+        "gradient_x_input",
+        "integrated_gradients",
+        "expected_gradients",
+        "guided_backprop",
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "hirescam",
     }
     assert expected <= set(METHODS)
     assert xs.get_method("ig").name == "integrated_gradients"
@@ -77,7 +86,9 @@ def test_seed_reproducible(small, name):
 def test_batch_equals_per_sample(small, name):
     _, model = small
     images = rand_images(3, size=16, seed=5)
-    batch = xs.explain(model, images, method=name, target=[0, 3, 1], batch_size=2, **fast_params(name))
+    batch = xs.explain(
+        model, images, method=name, target=[0, 3, 1], batch_size=2, **fast_params(name)
+    )
     for i in range(3):
         one = xs.explain(model, images[i], method=name, target=[0, 3, 1][i], **fast_params(name))
         np.testing.assert_allclose(batch.maps[i], one.maps[0], rtol=1e-4, atol=1e-6)
@@ -100,8 +111,14 @@ def test_no_hooks_left_after_error(name):
     before = hook_count(net)
     flags = [p.requires_grad for p in net.parameters()]
     with pytest.raises(RuntimeError, match="boom"):
-        xs.explain(model, rand_images(2, size=16), method=name, layer="features.4", seed=0,
-                   **fast_params(name))
+        xs.explain(
+            model,
+            rand_images(2, size=16),
+            method=name,
+            layer="features.4",
+            seed=0,
+            **fast_params(name),
+        )
     assert hook_count(net) == before == 0
     assert [p.requires_grad for p in net.parameters()] == flags
 

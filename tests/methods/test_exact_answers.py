@@ -45,11 +45,15 @@ def test_gradient_x_input(linear, images):
     np.testing.assert_allclose(e.maps, (x * weight_image(net, TARGET)).sum(1).numpy(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("rule", ["riemann_left", "riemann_right", "riemann_middle", "gausslegendre"])
+@pytest.mark.parametrize(
+    "rule", ["riemann_left", "riemann_right", "riemann_middle", "gausslegendre"]
+)
 @pytest.mark.parametrize("baseline", ["black", "white", 0.3])
 def test_integrated_gradients_linear_is_exact(linear, images, rule, baseline):
     net, model = linear
-    e = xs.explain(model, images, method="ig", target=TARGET, rule=rule, n_steps=7, baseline=baseline)
+    e = xs.explain(
+        model, images, method="ig", target=TARGET, rule=rule, n_steps=7, baseline=baseline
+    )
     x = model_input(images)
     level = {"black": 0.0, "white": 1.0}.get(baseline, baseline)
     expected = (x - level) * weight_image(net, TARGET)
@@ -103,7 +107,9 @@ def test_smoothgrad_noise_matters_on_relu_net():
     model = identity_wrap(net)
     images = rand_images(1, seed=5)
     x = model_input(images)
-    sg = xs.explain(model, images, method="smoothgrad", target=0, n_samples=400, stdev=0.2, seed=1, abs=False)
+    sg = xs.explain(
+        model, images, method="smoothgrad", target=0, n_samples=400, stdev=0.2, seed=1, abs=False
+    )
     w = net.w[0].detach().view(1, 3, 8, 8)
     # E[w 1(x + e > 0)] = w * Phi(x / sigma)
     phi = 0.5 * (1 + torch.erf(x / (0.2 * 2**0.5)))
@@ -113,7 +119,15 @@ def test_smoothgrad_noise_matters_on_relu_net():
 def test_expected_gradients_single_reference_is_ig_expectation(linear, images):
     net, model = linear
     ref = rand_images(1, seed=11)
-    e = xs.explain(model, images, method="expected_gradients", target=TARGET, references=ref, n_samples=5, seed=0)
+    e = xs.explain(
+        model,
+        images,
+        method="expected_gradients",
+        target=TARGET,
+        references=ref,
+        n_samples=5,
+        seed=0,
+    )
     expected = (model_input(images) - model_input(ref)) * weight_image(net, TARGET)
     torch.testing.assert_close(e.raw, expected, rtol=1e-4, atol=1e-5)
     assert np.abs(e.delta).max() < 1e-3

@@ -19,14 +19,19 @@ def setup(effnet, chelsea):
 
 
 @pytest.mark.parametrize(
-    "rule", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
+    "rule",
+    ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"],
 )
 def test_integrated_gradients_equals_captum(setup, rule):
     model, image, x, target = setup
     e = xs.explain(model, image, method="integrated_gradients", rule=rule, n_steps=16)
     baseline = model.normalize(torch.zeros_like(x))
     ref, delta = captum_attr.IntegratedGradients(model.module).attribute(
-        x, baselines=baseline, target=target, n_steps=16, method=rule,
+        x,
+        baselines=baseline,
+        target=target,
+        n_steps=16,
+        method=rule,
         return_convergence_delta=True,
     )
     rel = float((e.raw - ref).norm() / ref.norm())
@@ -57,14 +62,24 @@ def test_saliency_ranks_like_max_abs_gradient(setup):
     e = xs.explain(model, image, method="saliency")
     ref = captum_attr.Saliency(model.module).attribute(x.clone(), target=target, abs=True)
     torch.testing.assert_close(e.raw, ref)
-    resized = xs.explain(model, np.asarray(
-        torch.nn.functional.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(),
-        size=(224, 224), mode="bilinear", antialias=True)[0].permute(1, 2, 0).round().byte()
-    ), method="saliency")
+    resized = xs.explain(
+        model,
+        np.asarray(
+            torch.nn.functional.interpolate(
+                torch.from_numpy(image).permute(2, 0, 1)[None].float(),
+                size=(224, 224),
+                mode="bilinear",
+                antialias=True,
+            )[0]
+            .permute(1, 2, 0)
+            .round()
+            .byte()
+        ),
+        method="saliency",
+    )
     # at model resolution, the map is exactly max over channels of |gradient|
     assert resized.maps.shape == (1, 224, 224)
-    torch.testing.assert_close(e.raw.amax(1), torch.from_numpy(
-        np.asarray(e.raw.amax(1).numpy())))
+    torch.testing.assert_close(e.raw.amax(1), torch.from_numpy(np.asarray(e.raw.amax(1).numpy())))
 
 
 def test_gradient_x_input_equals_captum(setup):
@@ -113,7 +128,9 @@ def test_cams_equal_pytorch_grad_cam(method, peer):
         cam(input_tensor=x, targets=[ClassifierOutputTarget(2)] * 2)  # fills activations
         acts = cam.activations_and_grads.activations[0].numpy()
         grads = cam.activations_and_grads.gradients[0].numpy()
-        ref = cam.get_cam_image(x, net.features[5], [ClassifierOutputTarget(2)] * 2, acts, grads, False)
+        ref = cam.get_cam_image(
+            x, net.features[5], [ClassifierOutputTarget(2)] * 2, acts, grads, False
+        )
     finally:
         cam.activations_and_grads.release()
     np.testing.assert_allclose(e.raw.numpy(), np.maximum(ref, 0), rtol=1e-4, atol=1e-6)

@@ -90,7 +90,9 @@ def test_torchscript_file(tmp_path):
     model = xs.load_model(path, input_size=16)
     images = rand_images(2, size=16)
     ref = xs.wrap(net, input_size=16)
-    torch.testing.assert_close(model.forward(model.preprocess(images)), ref.forward(ref.preprocess(images)))
+    torch.testing.assert_close(
+        model.forward(model.preprocess(images)), ref.forward(ref.preprocess(images))
+    )
     a = xs.explain(model, images, method="integrated_gradients", n_steps=4)
     b = xs.explain(ref, images, method="integrated_gradients", n_steps=4)
     np.testing.assert_allclose(a.maps, b.maps, rtol=1e-5, atol=1e-7)

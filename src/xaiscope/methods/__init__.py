@@ -1,18 +1,18 @@
 """Explanation methods, one file per method; importing this package fills the registry."""
 
 from xaiscope.methods import (  # noqa: F401  (imports register the methods, in this order)
-    saliency,
-    gradient_x_input,
-    smoothgrad,
-    vargrad,
-    integrated_gradients,
     expected_gradients,
-    guided_backprop,
     gradcam,
     gradcam_plus_plus,
-    xgradcam,
-    layercam,
+    gradient_x_input,
+    guided_backprop,
     hirescam,
+    integrated_gradients,
+    layercam,
+    saliency,
+    smoothgrad,
+    vargrad,
+    xgradcam,
 )
 from xaiscope.methods.registry import (
     MethodContext,

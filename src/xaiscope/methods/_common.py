@@ -6,6 +6,7 @@ import torch
 
 from xaiscope.batching import run_batched
 from xaiscope.methods.registry import MethodContext
+from xaiscope.models.base import GradPass
 
 
 def batched_input_gradients(
@@ -41,14 +42,18 @@ def channel_sum(attr: torch.Tensor) -> torch.Tensor:
     return attr.sum(dim=1)
 
 
-def shared_pass(ctx: MethodContext, need: str):  # type: ignore[no-untyped-def]
+def shared_pass(ctx: MethodContext, need: str) -> GradPass:
     """The shared forward/backward of this target set, computed here if explain() did not."""
     gp = ctx.shared
-    if gp is None or (need == "input" and gp.input_grads is None) or (
-        need == "layer" and gp.layer_grads is None
+    if (
+        gp is None
+        or (need == "input" and gp.input_grads is None)
+        or (need == "layer" and gp.layer_grads is None)
     ):
         gp = ctx.model.grad_pass(
-            ctx.x, ctx.targets, layer=ctx.layer if need == "layer" else None,
+            ctx.x,
+            ctx.targets,
+            layer=ctx.layer if need == "layer" else None,
             need_input=need == "input",
         )
     return gp

@@ -58,9 +58,7 @@ def make_baseline(ctx: MethodContext, baseline: Any) -> torch.Tensor:
         baseline = baseline.detach().cpu().numpy()
     if isinstance(baseline, np.ndarray):
         arr = baseline
-        if arr.ndim == 3:
-            out = ctx.model.preprocess(arr).expand(n, -1, -1, -1)
-        elif arr.ndim == 4 and arr.shape[0] in (1, n):
+        if arr.ndim == 3 or arr.ndim == 4 and arr.shape[0] in (1, n):
             out = ctx.model.preprocess(arr).expand(n, -1, -1, -1)
         else:
             raise ParameterError(

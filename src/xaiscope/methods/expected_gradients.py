@@ -69,7 +69,9 @@ def expected_gradients(
         progress=ctx.progress,
     )
     ones = torch.ones((n * n_samples, 1), device=ctx.x.device)
-    grads = path_integral(rep, starts, alphas.reshape(-1, 1), ones, n * n_samples, "expected gradients")
+    grads = path_integral(
+        rep, starts, alphas.reshape(-1, 1), ones, n * n_samples, "expected gradients"
+    )
     attr = ((rep.x - starts).float() * grads).view(n, n_samples, *ctx.x.shape[1:]).mean(1)
     f_x = ctx.target_scores()
     f_r = ctx.model.forward(refs).float()[:, ctx.targets]  # (M, N)

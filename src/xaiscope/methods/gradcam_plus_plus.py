@@ -34,7 +34,9 @@ def gradcam_plus_plus(ctx: MethodContext, *, eps: float = 1e-6) -> MethodOutput:
     denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g
     denom = denom + eps
     ok = (g != 0) & (denom != 0)
-    alpha = torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(g))
+    alpha = torch.where(
+        ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(g)
+    )
     weights = (alpha * g.clamp(min=0)).sum(dim=(2, 3))
     cam = cam_from_weights(weights, a)
     return MethodOutput(raw=cam, map=cam)

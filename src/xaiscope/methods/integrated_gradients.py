@@ -2,10 +2,11 @@
 
 Sundararajan, Taly, Yan (2017), "Axiomatic Attribution for Deep Networks", ICML.
 attr = (x - b) * sum_i w_i * grad f(b + a_i (x - b)), with the nodes a_i and weights w_i of
-``rule``: riemann_left, riemann_right, riemann_middle, riemann_trapezoid (exactly as Captum
-defines them, so results match Captum's) or gausslegendre. ``delta`` is the completeness gap per image,
-sum(attr) - (f(x) - f(b)); it shrinks as ``n_steps`` grows. Raw (N, C, H, W); map: sum
-over channels. The baseline is defined in pixel space (see :mod:`.baselines`).
+``rule``: riemann_left, riemann_right, riemann_middle, riemann_trapezoid (exactly as
+Captum defines them, so results match Captum's) or gausslegendre. ``delta`` is the
+completeness gap per image, sum(attr) - (f(x) - f(b)); it shrinks as ``n_steps`` grows.
+Raw (N, C, H, W); map: sum over channels. The baseline is defined in pixel space
+(see :mod:`.baselines`).
 """
 
 from __future__ import annotations

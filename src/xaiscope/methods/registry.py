@@ -163,9 +163,7 @@ def get_method(name: str) -> MethodInfo:
         candidate = _ALIASES.get(candidate, candidate)
         if candidate in _REGISTRY:
             return _REGISTRY[candidate]
-    raise UnknownMethodError(
-        f"unknown method {name!r}; valid methods: {', '.join(method_names())}"
-    )
+    raise UnknownMethodError(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
 
 
 def method_names(*, needs_gradients: bool | None = None, family: str | None = None) -> list[str]:

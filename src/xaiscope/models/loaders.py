@@ -132,7 +132,7 @@ def load_efficientnet_lite0(device: str | torch.device | None = None, **kw: Any)
     ):
         raise ModelLoadError(f"{path} does not match timm's efficientnet_lite0 layer by layer")
     module.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)))
-    cfg = module.pretrained_cfg
+    cfg: dict[str, Any] = dict(getattr(module, "pretrained_cfg", {}) or {})
     return TorchModel(
         module,
         labels=list(imagenet_labels()),
@@ -174,10 +174,14 @@ def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
     try:
         import timm
 
-        hub_id = timm.models.get_pretrained_cfg(name.split(":", 1)[1]).hf_hub_id
+        pcfg = timm.models.get_pretrained_cfg(name.split(":", 1)[1])
+        hub_id = pcfg.hf_hub_id if pcfg is not None else None
     except Exception:
         hub_id = None
-    if hub_id and (Path(constants.HF_HUB_CACHE) / ("models--" + hub_id.replace("/", "--"))).is_dir():
+    if (
+        hub_id
+        and (Path(constants.HF_HUB_CACHE) / ("models--" + hub_id.replace("/", "--"))).is_dir()
+    ):
         return
     host = urlparse(constants.ENDPOINT).hostname
     if not host:
@@ -212,7 +216,7 @@ def _load_timm(
         raise ModelLoadError(f"cannot build timm:{name}: {exc}") from exc
     except TypeError as exc:
         raise ModelLoadError(f"cannot build timm:{name}: {exc}") from exc
-    cfg = module.pretrained_cfg
+    cfg: dict[str, Any] = dict(getattr(module, "pretrained_cfg", {}) or {})
     classes = int(getattr(module, "num_classes", 0) or 0)
     if labels is None and classes == 1000:
         labels = list(imagenet_labels())
@@ -242,7 +246,8 @@ def _load_torchvision(
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         raise ModelLoadError(
-            f"torchvision has no classification model {name!r} (see torchvision.models.list_models())"
+            f"torchvision has no classification model {name!r} "
+            "(see torchvision.models.list_models())"
         )
     extra: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     weights = "DEFAULT" if pretrained else None
@@ -324,10 +329,11 @@ def _from_checkpoint(
         base.module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise ModelLoadError(f"{path}: weights do not fit {arch}: {exc}") from exc
+    size = list(ckpt.get("input_size", base.input_size))
     return TorchModel(
         base.module,
         labels=labels or None,
-        input_size=tuple(ckpt.get("input_size", base.input_size)),  # type: ignore[arg-type]
+        input_size=(int(size[0]), int(size[1])),
         mean=ckpt.get("mean", IMAGENET_MEAN),
         std=ckpt.get("std", IMAGENET_STD),
         device=device,

@@ -298,13 +298,17 @@ class TorchModel(Model):
                 xg = x.to(self.device).detach().requires_grad_(need_input)
                 logits = self.module(xg)
                 if logits.ndim != 2:
-                    raise TargetError(f"model output must be (N, classes), got {tuple(logits.shape)}")
+                    raise TargetError(
+                        f"model output must be (N, classes), got {tuple(logits.shape)}"
+                    )
                 inputs: list[torch.Tensor] = []
                 if need_input:
                     inputs.append(xg)
                 if layer is not None:
                     if "a" not in captured:
-                        raise UnknownLayerError(f"layer {layer!r} was not called in the forward pass")
+                        raise UnknownLayerError(
+                            f"layer {layer!r} was not called in the forward pass"
+                        )
                     inputs.append(captured["a"])
                 if not inputs:
                     return GradPass(logits=logits.detach())

@@ -28,6 +28,15 @@ from xaiscope.models import Model, load_model, wrap
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # xs.viz imports matplotlib: load it on first use, not with every `import xaiscope`
+    if name == "viz":
+        import importlib
+
+        return importlib.import_module("xaiscope.viz")
+    raise AttributeError(f"module 'xaiscope' has no attribute {name!r}")
+
 __all__ = [
     "Explanation",
     "ImageLoadError",
@@ -47,5 +56,6 @@ __all__ = [
     "method_names",
     "load_model",
     "sample_images",
+    "viz",
     "wrap",
 ]

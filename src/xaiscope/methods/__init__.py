@@ -1,6 +1,6 @@
 """Explanation methods, one file per method; importing this package fills the registry."""
 
-from xaiscope.methods import (  # noqa: F401  (imports register the methods, in this order)
+from xaiscope.methods import (  # noqa: F401  (importing registers each method)
     expected_gradients,
     gradcam,
     gradcam_plus_plus,

@@ -37,6 +37,7 @@ def __getattr__(name: str) -> object:
         return importlib.import_module("xaiscope.viz")
     raise AttributeError(f"module 'xaiscope' has no attribute {name!r}")
 
+
 __all__ = [
     "Explanation",
     "ImageLoadError",

@@ -200,6 +200,11 @@ def explain(
     logits = torch.cat(
         run_batched(lambda a, b: model.forward(x[a:b]), x.shape[0], bs, progress=False)
     )
+    if not bool(torch.isfinite(logits).all()):
+        from xaiscope.errors import XaiscopeError
+
+        bad = sorted({int(i) for i in (~torch.isfinite(logits)).nonzero()[:, 0]})
+        raise XaiscopeError(f"the model's output is not finite (NaN or inf) for image(s) {bad}")
     tgt = resolve_targets(model, logits, spec, labels)  # (N, K)
     n, k_sets = tgt.shape
 
@@ -248,11 +253,24 @@ def explain(
                     layer=layer_name if info.uses_layer else None,
                     model_name=getattr(model, "name", None),
                     extras=out.extras,
+                    warnings=_map_warnings(out),
                 )
             )
     if method is not None and methods is None and k_sets == 1:
         return results[0]
     return results
+
+
+def _map_warnings(out: MethodOutput) -> list[str]:
+    """Flag maps that carry no information instead of returning them silently."""
+    notes = list(out.extras.pop("warnings", []) or [])
+    m = out.map.detach().float().flatten(1)
+    for i in range(m.shape[0]):
+        if not bool(torch.isfinite(m[i]).all()):
+            notes.append(f"image {i}: the map has NaN or inf values")
+        elif bool((m[i] == m[i, 0]).all()):
+            notes.append(f"image {i}: the map is constant ({float(m[i, 0]):g} everywhere)")
+    return notes
 
 
 def _shared_pass(

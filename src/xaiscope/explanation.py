@@ -54,6 +54,8 @@ class Explanation:
     layer: str | None = None
     model_name: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: why a map may not be trusted (e.g. "image 0: the map is constant"); empty when fine
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -88,6 +90,7 @@ class Explanation:
             else [float(p) for p in self.probabilities],
             "delta": None if self.delta is None else [float(d) for d in self.delta],
             "map_shapes": [list(m.shape) for m in self.maps],
+            "warnings": list(self.warnings),
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -142,6 +145,7 @@ class Explanation:
                     target_labels=list(meta.get("target_labels") or []),
                     layer=meta.get("layer"),
                     model_name=meta.get("model"),
+                    warnings=list(meta.get("warnings") or []),
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise XaiscopeError(f"cannot read explanation {path}: {exc}") from exc

@@ -1,6 +1,7 @@
 """Model adapters and loaders."""
 
 from xaiscope.models.base import GradPass, Model, Prediction
+from xaiscope.models.callable_model import CallableModel
 from xaiscope.models.loaders import (
     DEFAULT_MODEL,
     available_models,
@@ -9,12 +10,15 @@ from xaiscope.models.loaders import (
     save_checkpoint,
     wrap,
 )
+from xaiscope.models.onnx_model import OnnxModel
 from xaiscope.models.torch_model import TorchModel
 
 __all__ = [
     "DEFAULT_MODEL",
+    "CallableModel",
     "GradPass",
     "Model",
+    "OnnxModel",
     "Prediction",
     "TorchModel",
     "available_models",

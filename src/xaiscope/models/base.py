@@ -72,9 +72,13 @@ class Model(abc.ABC):
         """Whether gradient and CAM methods can run (False for black boxes)."""
         return False
 
-    @abc.abstractmethod
     def pixels(self, images: ImageInput) -> torch.Tensor:
-        """Images resized to ``input_size``, (N, 3, H, W) float in [0, 1] on ``device``."""
+        """(N, 3, H, W) images in [0, 1] at ``input_size`` on ``device``.
+
+        The whole image is resized (bilinear, antialiased; no crop), so that maps map back
+        onto the full image.
+        """
+        return resize_images(images, self.input_size, self.device)
 
     def preprocess(self, images: ImageInput) -> torch.Tensor:
         """Resize and normalise images into the model's input, (N, C, H, W) float on ``device``."""
@@ -112,6 +116,22 @@ class Model(abc.ABC):
         raise UnsupportedModelError(
             f"{self.framework} models expose no intermediate layers; "
             "use a PyTorch or Keras model for activations and CAMs"
+        )
+
+    def forward_from_layer(
+        self, x: torch.Tensor, layer: str, activation: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores (B, classes) of the model with the output of ``layer`` replaced.
+
+        ``x`` is ONE preprocessed image (1, C, H, W); ``activation`` (B, ...) holds B
+        replacements for the output of ``layer`` (its native shape with batch B). The part
+        of the network before ``layer`` runs once, at batch 1; only the layers after it run
+        at batch B (Ablation-CAM: one ablated channel per row). ``activation`` may be
+        overwritten by in-place operations after the layer: pass a tensor you no longer need.
+        """
+        raise UnsupportedModelError(
+            f"{self.framework} models cannot replace an intermediate layer's output; "
+            "use a PyTorch model for Ablation-CAM"
         )
 
     def layers(self) -> list[str]:
@@ -167,6 +187,43 @@ class Model(abc.ABC):
             f"{type(self).__name__}(framework={self.framework!r}, classes={len(self.labels)}, "
             f"input_size={self.input_size}, device={self.device})"
         )
+
+
+def images_to_tensor(images: ImageInput) -> list[torch.Tensor]:
+    """Turn user images into a list of (3, H, W) float tensors in [0, 1]."""
+    from xaiscope.data.images import load_image
+
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        batch = [images[i] for i in range(images.shape[0])]
+    elif isinstance(images, (list, tuple)):
+        batch = list(images)
+    else:
+        batch = [images]
+    out = []
+    for img in batch:
+        arr = load_image(img)
+        out.append(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255.0)
+    return out
+
+
+def resize_images(
+    images: ImageInput, size: tuple[int, int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """User images as one (N, 3, H, W) batch in [0, 1] at ``size`` on ``device``.
+
+    Bilinear antialiased resize of the whole image; images already at ``size`` are kept as is.
+    """
+    resized = [
+        F.interpolate(
+            t[None].to(device), size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+        if tuple(t.shape[1:]) != tuple(size)
+        else t[None].to(device)
+        for t in images_to_tensor(images)
+    ]
+    return torch.cat(resized).clamp_(0, 1)
 
 
 def layer_suggestions(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:

@@ -36,6 +36,7 @@ def available_models() -> dict[str, str]:
         "timm:NAME": "any timm architecture; pretrained=True downloads weights (online)",
         "torchvision:NAME": "any torchvision classification model; pretrained=True downloads",
         "PATH.pt / PATH.pth": "a TorchScript file or a checkpoint written by xaiscope",
+        "PATH.onnx": "an ONNX classifier run by onnxruntime (black-box and layer-based methods)",
     }
 
 
@@ -52,6 +53,10 @@ def load_model(spec: str | os.PathLike[str], **kw: Any) -> Model:
         model = _load_timm(text[5:], device=device, **kw)
     elif text.startswith("torchvision:"):
         model = _load_torchvision(text[12:], device=device, **kw)
+    elif Path(text).suffix.lower() == ".onnx":
+        from xaiscope.models.onnx_model import load_onnx
+
+        model = load_onnx(Path(text), device=device, **kw)
     elif Path(text).suffix.lower() in {".pt", ".pth", ".ts"} or Path(text).exists():
         model = _load_path(Path(text), device=device, **kw)
     else:
@@ -69,12 +74,18 @@ def wrap(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     device: str | torch.device | None = None,
-    outputs_probabilities: bool = False,
+    outputs_probabilities: bool | None = None,
+    output: str = "auto",
 ) -> Model:
-    """Wrap a live ``torch.nn.Module`` as a :class:`Model`.
+    """Wrap a live ``torch.nn.Module``, or a predict function, as a :class:`Model`.
 
     ``preprocess`` maps a (N, 3, H, W) batch in [0, 1] at ``input_size`` to the model input
     (default: normalise with ``mean``/``std``). ``input_size`` defaults to 224.
+
+    A predict function ``f(batch_uint8_NHWC) -> (N, classes)`` is a black box: it gets
+    uint8 RGB images at ``input_size`` and does its own preprocessing. ``output`` says
+    whether it returns "probabilities" or "logits" ("auto": probabilities when its rows
+    are non-negative and sum to 1); ``outputs_probabilities`` True/False says the same.
     """
     if isinstance(obj, Model):
         return obj
@@ -87,12 +98,30 @@ def wrap(
             std=std,
             preprocess=preprocess,
             device=device,
-            outputs_probabilities=outputs_probabilities,
+            outputs_probabilities=bool(outputs_probabilities),
+        )
+    if callable(obj) and not _is_keras(obj):
+        from xaiscope.models.callable_model import CallableModel
+
+        if preprocess is not None:
+            raise ModelLoadError(
+                "preprocess= applies to torch modules: a predict function gets uint8 images "
+                "and does its own preprocessing"
+            )
+        if outputs_probabilities is not None:
+            output = "probabilities" if outputs_probabilities else "logits"
+        return CallableModel(
+            obj, labels=labels, input_size=input_size or (224, 224), output=output, device=device
         )
     raise ModelLoadError(
-        f"cannot wrap a {type(obj).__name__}: expected a torch.nn.Module "
-        "(Keras models and predict functions come with later adapters)"
+        f"cannot wrap a {type(obj).__name__}: expected a torch.nn.Module or a predict "
+        "function f(batch_uint8_NHWC) -> (N, classes) (Keras models come with a later adapter)"
     )
+
+
+def _is_keras(obj: Any) -> bool:
+    # Keras models are callable but take float tensors: never treat them as predict functions
+    return type(obj).__module__.split(".")[0] in {"keras", "tf_keras", "tensorflow"}
 
 
 # --------------------------------------------------------------------------- loaders

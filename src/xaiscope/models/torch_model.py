@@ -11,13 +11,12 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xaiscope.errors import TargetError, UnknownLayerError
 from xaiscope.models.base import GradPass, ImageInput, Model, layer_suggestions
+from xaiscope.models.base import images_to_tensor as images_to_tensor  # re-exported
 
 _UNSET = object()
 
@@ -30,25 +29,6 @@ _POOL_TYPES: tuple[type[nn.Module], ...] = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
 )
-
-
-def images_to_tensor(images: ImageInput) -> list[torch.Tensor]:
-    """Turn user images into a list of (3, H, W) float tensors in [0, 1]."""
-    from xaiscope.data.images import load_image
-
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        batch = [images[i] for i in range(images.shape[0])]
-    elif isinstance(images, (list, tuple)):
-        batch = list(images)
-    else:
-        batch = [images]
-    out = []
-    for img in batch:
-        arr = load_image(img)
-        out.append(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255.0)
-    return out
 
 
 class _GuidedGate(torch.autograd.Function):
@@ -118,26 +98,6 @@ class TorchModel(Model):
             if self._user_preprocess is not None:
                 x = self._user_preprocess(x)
             return int(self.module(x).shape[-1])
-
-    def pixels(self, images: ImageInput) -> torch.Tensor:
-        """(N, 3, H, W) images in [0, 1] at ``input_size``: bilinear antialiased resize.
-
-        The whole image is resized (no crop), so maps map back onto the full image.
-        """
-        tensors = images_to_tensor(images)
-        resized = [
-            F.interpolate(
-                t[None].to(self.device),
-                size=self.input_size,
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )
-            if tuple(t.shape[1:]) != self.input_size
-            else t[None].to(self.device)
-            for t in tensors
-        ]
-        return torch.cat(resized).clamp_(0, 1)
 
     def preprocess(self, images: ImageInput) -> torch.Tensor:
         """(N, C, H, W) model input: :meth:`pixels` then :meth:`normalize`."""
@@ -209,6 +169,47 @@ class TorchModel(Model):
         finally:
             handle.remove()
         return store["a"]
+
+    def forward_from_layer(
+        self, x: torch.Tensor, layer: str, activation: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores (B, classes) with the output of ``layer`` replaced by ``activation`` (B, ...).
+
+        One forward of the single image ``x`` (1, C, H, W) in which a forward hook swaps the
+        layer's output for the batch ``activation``: the prefix runs at batch 1, the suffix
+        at batch B. Tensors that skip over the layer (a residual branch that starts before
+        it) stay at batch 1 and broadcast against the batch-B path, which is right for
+        standard architectures (ResNet, EfficientNet, ViT); a skip joined by concatenation
+        (DenseNet inside a dense block) cannot broadcast and raises. The hook is removed in
+        ``finally``; ``activation`` may be overwritten by in-place ops after the layer.
+        """
+        self._require_hooks(f"replacing the output of layer {layer!r}")
+        if x.shape[0] != 1:
+            raise TargetError(
+                f"forward_from_layer takes one image (1, C, H, W), got {tuple(x.shape)}"
+            )
+        module = self.get_layer(layer)
+        called: list[bool] = []
+
+        def hook(_m: nn.Module, _i: Any, out: Any) -> Any:
+            called.append(True)
+            first = _first_tensor(out)
+            return _replace_first(out, activation.to(first.device, first.dtype))
+
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                out = self.module(x.to(self.device))
+        finally:
+            handle.remove()
+        if not called:
+            raise UnknownLayerError(f"layer {layer!r} was not called in the forward pass")
+        if out.ndim != 2 or out.shape[0] != activation.shape[0]:
+            raise TargetError(
+                f"replacing layer {layer!r} by a batch of {activation.shape[0]} gave an output "
+                f"of shape {tuple(out.shape)}; expected ({activation.shape[0]}, classes)"
+            )
+        return out
 
     # --------------------------------------------------------------- gradients
     @contextlib.contextmanager

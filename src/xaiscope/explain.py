@@ -197,16 +197,18 @@ def explain(
     images01 = model.pixels(arrays)
     x = model.normalize(images01)
     bs = default_batch_size(model.device, batch_size)
-    logits = torch.cat(
-        run_batched(lambda a, b: model.forward(x[a:b]), x.shape[0], bs, progress=False)
-    )
-    if not bool(torch.isfinite(logits).all()):
-        from xaiscope.errors import XaiscopeError
-
-        bad = sorted({int(i) for i in (~torch.isfinite(logits)).nonzero()[:, 0]})
-        raise XaiscopeError(f"the model's output is not finite (NaN or inf) for image(s) {bad}")
-    tgt = resolve_targets(model, logits, spec, labels)  # (N, K)
-    n, k_sets = tgt.shape
+    n = x.shape[0]
+    # explicit classes and only shared-pass methods: the shared pass's own forward gives the
+    # logits, so no separate forward is spent on finding the targets
+    logits_from_pass = not _is_ranked(spec) and all(info.shared for info in infos)
+    if logits_from_pass:
+        shape_only = torch.empty((n, model.num_classes), device=x.device)
+        tgt = resolve_targets(model, shape_only, spec, labels)  # (N, K)
+    else:
+        logits = torch.cat(run_batched(lambda a, b: model.forward(x[a:b]), n, bs, progress=False))
+        _check_finite(logits)
+        tgt = resolve_targets(model, logits, spec, labels)
+    k_sets = tgt.shape[1]
 
     uses_layer = any(info.uses_layer for info in infos)
     layer_name = None
@@ -220,6 +222,10 @@ def explain(
             model.get_layer(layer_name)
 
     shared = _shared_pass(model, x, tgt, infos, layer_name, bs)
+    if logits_from_pass:
+        assert shared is not None
+        logits = shared.logits
+        _check_finite(logits)
     probs = model.probabilities(logits)
     results: list[Explanation] = []
     for info in infos:
@@ -259,6 +265,19 @@ def explain(
     if method is not None and methods is None and k_sets == 1:
         return results[0]
     return results
+
+
+def _is_ranked(spec: TargetSpec) -> bool:
+    """Whether the targets depend on the model's output (``"top1"``, ``"top3"``, ...)."""
+    return isinstance(spec, str) and re.fullmatch(r"top\d+", spec.strip().lower()) is not None
+
+
+def _check_finite(logits: torch.Tensor) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        from xaiscope.errors import XaiscopeError
+
+        bad = sorted({int(i) for i in (~torch.isfinite(logits)).nonzero()[:, 0]})
+        raise XaiscopeError(f"the model's output is not finite (NaN or inf) for image(s) {bad}")
 
 
 def _map_warnings(out: MethodOutput) -> list[str]:

@@ -12,7 +12,7 @@ from tests.conftest import SmallCNN, hook_count, rand_images
 from xaiscope.methods.registry import all_methods
 
 METHODS = [m.name for m in all_methods()]
-FAST = {"n_samples": 4, "n_steps": 4}
+FAST = {"n_samples": 4, "n_steps": 4, "n_masks": 16}
 
 
 def fast_params(name: str) -> dict:
@@ -95,10 +95,17 @@ def test_batch_equals_per_sample(small, name):
 
 
 class Exploding(nn.Module):
-    """Raises in any forward that records gradients (i.e. inside a method's pass)."""
+    """Raises inside a method's pass: any forward that records gradients and, once armed,
+    every forward after explain's prediction (gradient-free methods run under no_grad)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: int | None = None  # None: not armed (wrap's probe forward)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
+        if self.calls is not None:
+            self.calls += 1
+        if torch.is_grad_enabled() or (self.calls or 0) > 1:
             raise RuntimeError("boom")
         return x
 
@@ -106,8 +113,10 @@ class Exploding(nn.Module):
 @pytest.mark.parametrize("name", METHODS)
 def test_no_hooks_left_after_error(name):
     net = SmallCNN()
-    net.features.append(Exploding())
+    boom = Exploding()
+    net.features.append(boom)
     model = xs.wrap(net, input_size=16)
+    boom.calls = 0
     before = hook_count(net)
     flags = [p.requires_grad for p in net.parameters()]
     with pytest.raises(RuntimeError, match="boom"):
@@ -132,9 +141,25 @@ def test_no_hooks_left_after_success(small, name):
 
 
 def test_real_model_every_method(effnet, chelsea):
-    """Every method runs on the embedded ImageNet model and the real photo."""
-    results = xs.explain(effnet, chelsea, methods=METHODS, seed=0, n_samples=2, n_steps=4)
-    assert [r.method for r in results] == METHODS
+    """Every method runs on the embedded ImageNet model and the real photo.
+
+    Score-CAM needs one forward per distinct channel mask (about 500 at ``bn2``), so it
+    runs here at ``blocks.0`` (16 channels); the other layer methods at the default layer.
+    """
+    deep = [m for m in METHODS if m != "scorecam"]
+    results = xs.explain(
+        effnet,
+        chelsea,
+        methods=deep,
+        seed=0,
+        n_samples=2,
+        n_steps=4,
+        n_masks=16,
+        occlusion={"window": 112, "stride": 56},
+    )
+    if "scorecam" in METHODS:
+        results.append(xs.explain(effnet, chelsea, method="scorecam", layer="blocks.0"))
+    assert sorted(r.method for r in results) == sorted(METHODS)
     for r in results:
         assert r.maps.shape == (1, 300, 451)
         assert np.isfinite(r.maps).all() and float(np.abs(r.maps).max()) > 0

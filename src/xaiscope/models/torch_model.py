@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xaiscope.errors import TargetError, UnknownLayerError
+from xaiscope.errors import ParameterError, TargetError, UnknownLayerError
 from xaiscope.models.base import GradPass, ImageInput, Model, layer_suggestions
 from xaiscope.models.base import images_to_tensor as images_to_tensor  # re-exported
 
@@ -160,7 +160,8 @@ class TorchModel(Model):
         module = self.get_layer(layer)
 
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-            store["a"] = _first_tensor(out)
+            # a copy: an in-place op after the layer (ReLU(inplace=True)) must not alter it
+            store["a"] = _first_tensor(out).clone()
 
         handle = module.register_forward_hook(hook)
         try:
@@ -185,7 +186,7 @@ class TorchModel(Model):
         """
         self._require_hooks(f"replacing the output of layer {layer!r}")
         if x.shape[0] != 1:
-            raise TargetError(
+            raise ParameterError(
                 f"forward_from_layer takes one image (1, C, H, W), got {tuple(x.shape)}"
             )
         module = self.get_layer(layer)

@@ -8,7 +8,7 @@ number. Other methods run once over all (image, target) pairs stacked into one b
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -198,12 +198,21 @@ def explain(
     x = model.normalize(images01)
     bs = default_batch_size(model.device, batch_size)
     n = x.shape[0]
-    # explicit classes and only shared-pass methods: the shared pass's own forward gives the
-    # logits, so no separate forward is spent on finding the targets
-    logits_from_pass = not _is_ranked(spec) and all(info.shared for info in infos)
+    # only shared-pass methods: the shared pass's own forward gives the logits (and picks
+    # top-k targets), so no separate forward is spent on finding the targets
+    logits_from_pass = all(info.shared for info in infos)
+    select = None
     if logits_from_pass:
-        shape_only = torch.empty((n, model.num_classes), device=x.device)
-        tgt = resolve_targets(model, shape_only, spec, labels)  # (N, K)
+        if _is_ranked(spec):
+
+            def select(chunk_logits: torch.Tensor) -> torch.Tensor:
+                _check_finite(chunk_logits)
+                return resolve_targets(model, chunk_logits, spec, labels).T.contiguous()
+
+            tgt = torch.zeros((n, 0), dtype=torch.long)  # filled from the pass below
+        else:
+            shape_only = torch.empty((n, model.num_classes), device=x.device)
+            tgt = resolve_targets(model, shape_only, spec, labels)  # (N, K)
     else:
         logits = torch.cat(run_batched(lambda a, b: model.forward(x[a:b]), n, bs, progress=False))
         _check_finite(logits)
@@ -221,11 +230,13 @@ def explain(
         if hasattr(model, "get_layer"):
             model.get_layer(layer_name)
 
-    shared = _shared_pass(model, x, tgt, infos, layer_name, bs)
+    shared = _shared_pass(model, x, tgt, infos, layer_name, bs, select)
     if logits_from_pass:
-        assert shared is not None
+        assert shared is not None and shared.targets is not None
         logits = shared.logits
         _check_finite(logits)
+        tgt = shared.targets.T.contiguous()
+        k_sets = tgt.shape[1]
     probs = model.probabilities(logits)
     results: list[Explanation] = []
     for info in infos:
@@ -299,8 +310,12 @@ def _shared_pass(
     infos: list[MethodInfo],
     layer: str | None,
     bs: int,
+    select: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> GradPass | None:
-    """One forward + one backward per target set for every method that reads the shared pass."""
+    """One forward + one backward per target set for every method that reads the shared pass.
+
+    ``select`` picks the target sets from each chunk's logits (top-k) instead of ``tgt``.
+    """
     needs = set().union(*(info.shared for info in infos))
     if not needs:
         return None
@@ -309,7 +324,8 @@ def _shared_pass(
     targets = tgt.T.contiguous()  # (K, N)
 
     def step(a: int, b: int) -> GradPass:
-        return model.grad_pass(x[a:b], targets[:, a:b], layer=lay, need_input=need_input)
+        chosen = select if select is not None else targets[:, a:b]
+        return model.grad_pass(x[a:b], chosen, layer=lay, need_input=need_input)
 
     parts = run_batched(step, x.shape[0], bs, desc="gradients", progress=False)
 
@@ -321,6 +337,7 @@ def _shared_pass(
     assert logits is not None
     return GradPass(
         logits=logits,
+        targets=cat("targets", 1),
         input_grads=cat("input_grads", 1),
         activation=cat("activation", 0),
         layer_grads=cat("layer_grads", 1),

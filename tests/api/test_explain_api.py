@@ -60,11 +60,17 @@ class CountingModel(TorchModel):
         super().__init__(*a, **kw)
         self.grad_passes = 0
         self.backward_sets = 0
+        self.forwards = 0
+
+    def forward(self, x):
+        self.forwards += 1
+        return super().forward(x)
 
     def grad_pass(self, x, targets, **kw):
         self.grad_passes += 1
-        self.backward_sets += 1 if targets.ndim == 1 else targets.shape[0]
-        return super().grad_pass(x, targets, **kw)
+        out = super().grad_pass(x, targets, **kw)
+        self.backward_sets += out.targets.shape[0]
+        return out
 
 
 def test_cam_methods_share_one_pass_per_target_set():
@@ -81,8 +87,11 @@ def test_cam_methods_share_one_pass_per_target_set():
     ]
     out = xs.explain(model, images, methods=cams, targets="top3", batch_size=8)
     assert len(out) == len(cams) * 3
-    assert model.grad_passes == 1  # one forward for everything
+    assert model.grad_passes == 1  # one forward for everything, top-3 chosen from it
+    assert model.forwards == 0  # no separate forward to find the targets
     assert model.backward_sets == 3  # one backward per target set
+    logits = SmallCNN()(model.preprocess(images))
+    np.testing.assert_array_equal(out[0].targets, logits.argmax(1).numpy())
 
 
 def test_params_routing_and_errors(small):

@@ -8,7 +8,7 @@ adapters for other frameworks convert tensors at this boundary.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,8 @@ class GradPass:
     """
 
     logits: torch.Tensor
+    #: the target sets differentiated, (K, N) (or (K, N, classes) weights)
+    targets: torch.Tensor | None = None
     input_grads: torch.Tensor | None = None
     activation: torch.Tensor | None = None
     layer_grads: torch.Tensor | None = None
@@ -95,7 +97,7 @@ class Model(abc.ABC):
     def grad_pass(
         self,
         x: torch.Tensor,
-        targets: torch.Tensor,
+        targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
         *,
         layer: str | None = None,
         need_input: bool = True,
@@ -104,7 +106,9 @@ class Model(abc.ABC):
         """One forward and one backward per row of ``targets`` (K, N) (or (N,) for K = 1).
 
         ``targets`` may instead hold float class weights, (K, N, classes) or (N, classes):
-        the score differentiated is then sum_j w_j z_j (a vector-Jacobian product).
+        the score differentiated is then sum_j w_j z_j (a vector-Jacobian product). It may
+        also be a function from the logits of this forward to such targets (top-k chosen
+        without a separate forward); ``GradPass.targets`` returns what was used.
 
         Returns the gradients of the target scores with respect to the input and/or the
         output of ``layer``. ``guided`` rectifies gradients at every ReLU (guided backprop).

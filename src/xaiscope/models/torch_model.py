@@ -256,22 +256,29 @@ class TorchModel(Model):
             for h in handles:
                 h.remove()
 
+    def _target_sets(self, targets: torch.Tensor, n: int) -> torch.Tensor:
+        """(K, N) class indices or (K, N, classes) weights on the device."""
+        weighted = targets.is_floating_point()
+        if targets.ndim == (2 if weighted else 1):
+            targets = targets[None]
+        targets = targets.to(self.device) if weighted else targets.to(self.device).long()
+        if targets.shape[1] != n:
+            raise TargetError(f"expected {n} targets per set, got {targets.shape[1]}")
+        return targets
+
     def grad_pass(
         self,
         x: torch.Tensor,
-        targets: torch.Tensor,
+        targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
         *,
         layer: str | None = None,
         need_input: bool = True,
         guided: bool = False,
     ) -> GradPass:
-        weighted = targets.is_floating_point()
-        if targets.ndim == (2 if weighted else 1):
-            targets = targets[None]
-        targets = targets.to(self.device) if weighted else targets.to(self.device).long()
-        n = x.shape[0]
-        if targets.shape[1] != n:
-            raise TargetError(f"expected {n} targets per set, got {targets.shape[1]}")
+        select = targets if callable(targets) and not isinstance(targets, torch.Tensor) else None
+        if select is None:
+            assert isinstance(targets, torch.Tensor)
+            targets = self._target_sets(targets, x.shape[0])
         if layer is not None:
             self._require_hooks(f"layer {layer!r}")
         if guided:
@@ -303,6 +310,11 @@ class TorchModel(Model):
                     raise TargetError(
                         f"model output must be (N, classes), got {tuple(logits.shape)}"
                     )
+                if select is not None:
+                    # targets chosen from this very forward (e.g. top-k): no separate forward
+                    targets = self._target_sets(select(logits.detach()), x.shape[0])
+                assert isinstance(targets, torch.Tensor)
+                weighted = targets.is_floating_point()
                 inputs: list[torch.Tensor] = []
                 if need_input:
                     inputs.append(xg)
@@ -313,7 +325,7 @@ class TorchModel(Model):
                         )
                     inputs.append(captured["a"])
                 if not inputs:
-                    return GradPass(logits=logits.detach())
+                    return GradPass(logits=logits.detach(), targets=targets)
                 in_grads, lay_grads = [], []
                 k_sets = targets.shape[0]
                 for k in range(k_sets):
@@ -334,6 +346,7 @@ class TorchModel(Model):
                         lay_grads.append(grads[-1])
                 return GradPass(
                     logits=logits.detach(),
+                    targets=targets,
                     input_grads=torch.stack(in_grads) if in_grads else None,
                     activation=captured["a"].detach() if layer is not None else None,
                     layer_grads=torch.stack(lay_grads) if lay_grads else None,

@@ -9,6 +9,7 @@ ever held at once, and scores stay on the device until the end (no per-sample ho
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -63,3 +64,53 @@ def fill_image(ctx: MethodContext, fill: object) -> torch.Tensor:
     if isinstance(fill, np.ndarray):
         return ctx.model.pixels(fill).to(x01.device).expand_as(x01).contiguous()
     raise ParameterError(f"unsupported fill of type {type(fill).__name__}")
+
+
+@dataclass
+class ImageGroups:
+    """Rows of a batch that hold the same image (explain stacks one copy per target set).
+
+    ``first`` (U,): a row of each distinct image; ``inverse`` (N,): the group of each row;
+    ``members`` (U, K): the rows of each group, padded with -1; ``position`` (N,): the
+    column of each row in ``members``. Perturbed copies of an image are then scored once
+    and read for every target of the group.
+    """
+
+    first: torch.Tensor
+    inverse: torch.Tensor
+    members: torch.Tensor
+    position: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.first.shape[0])
+
+    def member_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """(U, K) target of each member (padding repeats a valid one: read, then ignored)."""
+        rows = torch.where(self.members >= 0, self.members, self.first[:, None])
+        return targets[rows]
+
+
+def image_groups(x: torch.Tensor) -> ImageGroups:
+    """Group identical rows of ``x`` (N, ...): exact, by a fingerprint then a full check."""
+    n = x.shape[0]
+    dev = x.device
+    flat = x.flatten(1).float()
+    ramp = torch.linspace(1.0, 2.0, flat.shape[1], device=dev)
+    prints = torch.stack([flat.sum(1), (flat * ramp).sum(1)], 1)
+    _, inverse = torch.unique(prints, dim=0, return_inverse=True)
+    u = int(inverse.max()) + 1 if n else 0
+    rows = torch.arange(n, device=dev)
+    first = torch.full((u,), n, dtype=torch.long, device=dev)
+    first.scatter_reduce_(0, inverse, rows, "amin")
+    if not bool((flat == flat[first[inverse]]).all()):
+        # a fingerprint collision between different images: share nothing rather than guess
+        inverse, first, u = rows, rows.clone(), n
+    counts = torch.bincount(inverse, minlength=u)
+    order = torch.argsort(inverse, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.empty_like(rows)
+    position[order] = rows - starts[inverse[order]]
+    members = torch.full((u, int(counts.max()) if n else 0), -1, dtype=torch.long, device=dev)
+    members[inverse, position] = rows
+    return ImageGroups(first=first, inverse=inverse, members=members, position=position)

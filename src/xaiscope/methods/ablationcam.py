@@ -31,7 +31,7 @@ import torch
 from xaiscope.batching import run_batched
 from xaiscope.errors import UnknownLayerError
 from xaiscope.methods._common import _tokens_to_grid
-from xaiscope.methods.occlusion import image_groups
+from xaiscope.methods._perturb import image_groups
 from xaiscope.methods.registry import MethodContext, MethodOutput, register
 
 #: Bytes of replaced activations per chunk. Each chunk re-runs the prefix once (at batch 1),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from xaiscope.methods.occlusion import image_groups
+from xaiscope.methods._perturb import image_groups
 from xaiscope.methods.registry import MethodContext, MethodOutput, register
 from xaiscope.methods.scorecam import layer_activation
 

@@ -33,8 +33,7 @@ import torch.nn.functional as F
 
 from xaiscope.batching import run_batched
 from xaiscope.errors import ParameterError
-from xaiscope.methods._perturb import fill_image
-from xaiscope.methods.occlusion import image_groups
+from xaiscope.methods._perturb import fill_image, image_groups
 from xaiscope.methods.registry import MethodContext, MethodOutput, register
 
 

@@ -23,6 +23,11 @@ class OfflineError(ModelLoadError):
     """Pretrained weights were asked for but could not be downloaded (no network)."""
 
 
+class UnsafeModelError(ModelLoadError):
+    """A model file would run code when loaded (a Keras ``Lambda`` with Python bytecode, or a
+    custom layer whose module must be imported); refused unless ``trust=True``."""
+
+
 class UnknownMethodError(XaiscopeError, KeyError):
     """The method name is not in the registry."""
 

@@ -17,6 +17,7 @@ from torch import nn
 from xaiscope.errors import ParameterError, TargetError, UnknownLayerError
 from xaiscope.models.base import GradPass, ImageInput, Model, layer_suggestions
 from xaiscope.models.base import images_to_tensor as images_to_tensor  # re-exported
+from xaiscope.models.batchnorm_folding import fold_batchnorm, module_fingerprint
 
 _UNSET = object()
 
@@ -48,7 +49,9 @@ class TorchModel(Model):
 
     ``mean``/``std`` normalise [0, 1] RGB images resized to ``input_size``; pass
     ``preprocess`` (a callable from a (N, 3, H, W) [0, 1] tensor at ``input_size`` to
-    the model input) for anything else.
+    the model input) for anything else. ``fold_batchnorm=False`` makes forward-only passes
+    run ``module`` itself instead of its batch-norm-folded copy (same function, different
+    float rounding; see :mod:`xaiscope.models.batchnorm_folding`).
     """
 
     framework = "torch"
@@ -65,6 +68,7 @@ class TorchModel(Model):
         device: str | torch.device | None = None,
         name: str | None = None,
         outputs_probabilities: bool = False,
+        fold_batchnorm: bool = True,
     ) -> None:
         if device is None:
             try:
@@ -86,6 +90,11 @@ class TorchModel(Model):
         self.labels = list(labels)
         self._modules = dict(self.module.named_modules())
         self._default_layer: object = _UNSET
+        #: Forward-only passes run a copy with conv -> batch-norm pairs folded (see
+        #: :mod:`.batchnorm_folding`); gradient and layer passes always use ``module``.
+        self.fold_batchnorm = fold_batchnorm
+        self._folded: nn.Module | None = None
+        self._folded_key: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -112,7 +121,19 @@ class TorchModel(Model):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # no_grad rather than inference_mode: callers may go on to differentiate the outputs
         with torch.no_grad():
-            return self.module(x.to(self.device))
+            x = x.to(self.device)
+            return self._forward_module(x)(x)
+
+    def _forward_module(self, x: torch.Tensor) -> nn.Module:
+        """The module forward-only passes run: the batch-norm-folded copy when valid."""
+        if not self.fold_batchnorm or self.scripted or x.shape[0] == 0:
+            return self.module
+        key = module_fingerprint(self.module)
+        if key != self._folded_key:
+            self._folded = fold_batchnorm(self.module, x[:1])
+            # the fold's own forward may not change anything: fingerprint again
+            self._folded_key = module_fingerprint(self.module)
+        return self._folded if self._folded is not None else self.module
 
     # ------------------------------------------------------------------ layers
     def layers(self) -> list[str]:

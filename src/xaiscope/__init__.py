@@ -18,6 +18,7 @@ from xaiscope.errors import (
     TargetError,
     UnknownLayerError,
     UnknownMethodError,
+    UnsafeModelError,
     UnsupportedModelError,
     XaiscopeError,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "TargetError",
     "UnknownLayerError",
     "UnknownMethodError",
+    "UnsafeModelError",
     "UnsupportedModelError",
     "XaiscopeError",
     "__version__",

@@ -84,24 +84,28 @@ def check_device(text: str | None) -> str | None:
     return text
 
 
-def load_model(spec: str, device: str | None = None) -> Model:
+def load_model(spec: str, device: str | None = None, trust: bool = False) -> Model:
     """Load a model for the CLI; any failure becomes one :class:`ModelLoadError` line.
 
-    Models are cached per process (keyed on the file's mtime for paths), so repeated
-    in-process calls of :func:`xaiscope.cli.main` load each model once.
+    ``trust`` (``--trust-model``) lets a model file run code while loading (Keras Lambda
+    layers, custom layers' modules). Models are cached per process (keyed on the file's
+    mtime for paths), so repeated in-process calls of :func:`xaiscope.cli.main` load each
+    model once.
     """
     try:
         mtime = Path(spec).stat().st_mtime if Path(spec).exists() else None
     except OSError:
         mtime = None
-    return _load_cached(spec, device, mtime)
+    return _load_cached(spec, device, mtime, trust)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(spec: str, device: str | None, _mtime: float | None) -> Model:
+def _load_cached(spec: str, device: str | None, _mtime: float | None, trust: bool) -> Model:
     from xaiscope.models import load_model as _load
 
     kw: dict[str, Any] = {} if device is None else {"device": device}
+    if trust:
+        kw["trust"] = True
     try:
         return _load(spec, **kw)
     except XaiscopeError:

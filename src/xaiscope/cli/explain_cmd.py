@@ -99,6 +99,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None, help="seed for random methods")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
+    p.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="allow a model file to run code while loading (Keras Lambda layers, custom "
+        "layers' modules); only for files from a source you trust",
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     p.add_argument("--cmap", default="jet", help="matplotlib colormap (default: jet)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -383,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(out)
     device = check_device(args.device)
     items = load_images(args.images)
-    model = load_model(args.model, device)
+    model = load_model(args.model, device, trust=args.trust_model)
     infos = select_methods(names, model, args.layer)
     # per-method dicts, a form explain() accepts: {"integrated_gradients": {"n_steps": 8}}
     params: dict[str, Any] = dict(method_params(param_args, infos))

@@ -31,6 +31,11 @@ def add_parsers(sub: Any) -> None:
         "model", nargs="?", default=DEFAULT_MODEL, help=f"model spec (default: {DEFAULT_MODEL})"
     )
     layers.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0")
+    layers.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="allow a model file to run code while loading (see `explain --trust-model`)",
+    )
     layers.set_defaults(func=run_models_layers)
 
     methods = sub.add_parser(
@@ -54,7 +59,7 @@ def run_models_list(args: argparse.Namespace) -> int:
 
 
 def run_models_layers(args: argparse.Namespace) -> int:
-    model = load_model(args.model, check_device(args.device))
+    model = load_model(args.model, check_device(args.device), trust=args.trust_model)
     names = model.layers()
     default = model.default_layer
     for name in names:

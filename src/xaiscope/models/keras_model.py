@@ -119,6 +119,7 @@ def import_keras() -> Any:
     """``keras`` (3.x), or a one-line :class:`ModelLoadError` naming the extra to install."""
     # TensorFlow's C++ start-up chatter is not the user's business
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _load_triton_first()
     try:
         import keras
     except ImportError as exc:
@@ -133,6 +134,24 @@ def import_keras() -> Any:
             "pip install 'xaiscope[keras]'"
         )
     return keras
+
+
+def _load_triton_first() -> None:
+    """Import triton (torch's GPU compiler) before TensorFlow, if it is installed.
+
+    With TensorFlow's libraries loaded first, loading triton's native library crashes the
+    process (a segmentation fault, seen with TensorFlow 2.21 and triton 3.8); torchvision
+    and timm import it through ``torch._dynamo``. Loaded in this order both work.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules or "triton" in sys.modules:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        with contextlib.suppress(Exception):
+            import triton  # noqa: F401
 
 
 def _tf() -> Any:
@@ -1153,9 +1172,9 @@ def load_keras_file(
     (CLI ``--trust-model``) allows both. Other keywords go to :class:`KerasModel`.
     """
     p = Path(path)
+    keras = import_keras()
     if not p.is_file():
         raise ModelLoadError(f"model file not found: {p}")
-    keras = import_keras()
     config = _read_config(p)
     lambdas, custom = _scan_config(config)
     if lambdas and not trust:

@@ -52,3 +52,16 @@ class ParameterError(XaiscopeError, ValueError):
 
 class UnsupportedModelError(XaiscopeError, TypeError):
     """The model cannot do what the method needs (e.g. gradients of a black-box model)."""
+
+
+class DatasetError(XaiscopeError, ValueError):
+    """A dataset cannot be read or used as asked: missing or empty folder, one class,
+    unreadable images (when refused), more folds than images in a class, a refused pickle."""
+
+
+class DatasetOfflineError(DatasetError, OfflineError):
+    """A dataset download was asked for but the server cannot be reached (no network)."""
+
+
+class RegistryError(XaiscopeError, ValueError):
+    """The model registry refused an operation: a bad name, or a name already taken."""

@@ -9,12 +9,15 @@ Quick start::
     exp.maps  # (1, 300, 451) float32
 """
 
-from xaiscope.data import load_image, sample_images
+from xaiscope.data import ImageDataset, datasets, load_image, sample_images
 from xaiscope.errors import (
+    DatasetError,
+    DatasetOfflineError,
     ImageLoadError,
     ModelLoadError,
     OfflineError,
     ParameterError,
+    RegistryError,
     TargetError,
     UnknownLayerError,
     UnknownMethodError,
@@ -26,6 +29,7 @@ from xaiscope.explain import explain
 from xaiscope.explanation import Explanation
 from xaiscope.methods import get_method, method_names
 from xaiscope.models import Model, load_model, wrap
+from xaiscope.train import TrainResult, train  # the function shadows the subpackage name
 
 __version__ = "0.1.0"
 
@@ -40,25 +44,32 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "DatasetError",
+    "DatasetOfflineError",
     "Explanation",
+    "ImageDataset",
     "ImageLoadError",
     "Model",
     "ModelLoadError",
     "OfflineError",
     "ParameterError",
+    "RegistryError",
     "TargetError",
+    "TrainResult",
     "UnknownLayerError",
     "UnknownMethodError",
     "UnsafeModelError",
     "UnsupportedModelError",
     "XaiscopeError",
     "__version__",
+    "datasets",
     "explain",
     "get_method",
     "load_image",
     "method_names",
     "load_model",
     "sample_images",
+    "train",
     "viz",
     "wrap",
 ]

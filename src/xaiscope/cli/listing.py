@@ -17,9 +17,18 @@ def add_parsers(sub: Any) -> None:
         help="list loadable models, or a model's layers",
         description="List model specs `--model` accepts, or the layers of one model.",
     )
+    models.add_argument(
+        "--models-dir",
+        default=None,
+        help="registry of trained models (default $XAISCOPE_MODELS or ~/.cache/xaiscope/models)",
+    )
     models.set_defaults(func=run_models_list)
     msub = models.add_subparsers(dest="models_command", metavar="{list,layers}")
-    lst = msub.add_parser("list", help="model specs --model accepts (the default)")
+    lst = msub.add_parser(
+        "list", help="model specs --model accepts and trained models (the default)"
+    )
+    # SUPPRESS: without it the sub-parser's default would replace `models --models-dir X`
+    lst.add_argument("--models-dir", default=argparse.SUPPRESS, help="registry folder")
     lst.set_defaults(func=run_models_list)
     layers = msub.add_parser(
         "layers",
@@ -55,7 +64,24 @@ def run_models_list(args: argparse.Namespace) -> int:
     width = max(len(s) for s in specs)
     for spec, about in specs.items():
         print(f"{spec:<{width}}  {about}")
+    _print_registry(getattr(args, "models_dir", None))
     return 0
+
+
+def _print_registry(models_dir: str | None) -> None:
+    """The trained models of the registry, one line each (``xaiscope train`` adds them)."""
+    from xaiscope.models import registry_store
+
+    root = registry_store.models_dir(models_dir)
+    entries = registry_store.list_entries(root)
+    print()
+    if not entries:
+        print(f"trained models in {root}: none yet (`xaiscope train` saves them there)")
+        return
+    print(f"trained models in {root} (load with --model NAME):")
+    width = max(len(e.name) for e in entries)
+    for entry in entries:
+        print(f"  {entry.name:<{width}}  {entry.describe()}")
 
 
 def run_models_layers(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from xaiscope.errors import ModelLoadError, OfflineError
+from xaiscope.models import registry_store
 from xaiscope.models.base import Model
 from xaiscope.models.torch_model import TorchModel
 
@@ -37,6 +38,8 @@ def available_models() -> dict[str, str]:
         "torchvision:NAME": "any torchvision classification model; pretrained=True downloads",
         "PATH.pt / PATH.pth": "a TorchScript file or a checkpoint written by xaiscope",
         "PATH.onnx": "an ONNX classifier run by onnxruntime (black-box and layer-based methods)",
+        "NAME": "a model trained by xaiscope (xs.train / xaiscope train), from the registry "
+        "($XAISCOPE_MODELS, ~/.cache/xaiscope/models)",
         "keras:NAME": "any keras.applications model (VGG16, ResNet50, ...); pretrained=True "
         "downloads (needs xaiscope[keras])",
         "PATH.keras / PATH.h5": "a Keras 3 model file, safe mode (trust=True / --trust-model "
@@ -70,12 +73,26 @@ def load_model(spec: str | os.PathLike[str], **kw: Any) -> Model:
         from xaiscope.models.onnx_model import load_onnx
 
         model = load_onnx(Path(text), device=device, **kw)
+    elif registry_store.is_entry_dir(text):
+        model = registry_store.load_entry(text, device=device, **_registry_kw(kw, text))
     elif Path(text).suffix.lower() in {".pt", ".pth", ".ts"} or Path(text).exists():
         model = _load_path(Path(text), device=device, **kw)
+    elif registry_store.find_entry(text, kw.get("models_dir")) is not None:
+        model = registry_store.load_entry(text, device=device, **_registry_kw(kw, text))
     else:
         known = ", ".join(available_models())
-        raise ModelLoadError(f"unknown model {text!r}; known: {known}")
+        where = registry_store.models_dir(kw.get("models_dir"))
+        raise ModelLoadError(
+            f"unknown model {text!r}; known: {known}; no trained model of that name in {where}"
+        )
     return model
+
+
+def _registry_kw(kw: dict[str, Any], name: str) -> dict[str, Any]:
+    # a registry entry carries its own labels, size and preprocessing: only its folder varies
+    models_dir = kw.pop("models_dir", None)
+    _reject_unknown(kw, f"trained model {name!r}")
+    return {"models_dir_path": models_dir}
 
 
 def wrap(

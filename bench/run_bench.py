@@ -69,6 +69,7 @@ QUICK: dict[str, dict[str, Any]] = {
 MODEL_TITLES = {
     "efficientnet_lite0": "EfficientNet-Lite0 (embedded ImageNet weights)",
     "torchvision:resnet50": "ResNet-50 (torchvision, random weights)",
+    "keras:VGG16": "VGG16 in Keras 3 (TensorFlow backend, random weights) against tf-keras-vis",
 }
 
 
@@ -386,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated subset of cases: saliency, smoothgrad, ig, cams",
     )
+    parser.add_argument(
+        "--keras",
+        action="store_true",
+        help="also time the Keras adapter against tf-keras-vis on VGG16 (bench_keras.py; "
+        "run last, after the torch cases)",
+    )
     args = parser.parse_args(argv)
     quiet()
     threads = args.threads or torch.get_num_threads()
@@ -401,6 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"threads {threads}, load average {info['load average at start (1, 5, 15 min)']}")
     t0 = time.perf_counter()
     rows = run(config, models, only)
+    if args.keras:
+        import bench_keras
+
+        bench_keras.set_threads(threads)
+        info.update(bench_keras.versions())
+        log("== keras:VGG16 against tf-keras-vis")
+        cfg = bench_keras.QUICK if args.quick else bench_keras.FULL
+        rows.extend(bench_keras.bench_keras(cfg, log))
     seconds = time.perf_counter() - t0
     out = args.out or (None if args.quick else str(HERE.parent / "docs" / "benchmarks.md"))
     if out:

@@ -48,9 +48,13 @@ class Inputs:
         return self.model.normalize(torch.zeros(n, 3, *self.model.input_size))
 
 
-def make_inputs(spec: str, n_images: int = 8, layer: str | None = None) -> Inputs:
-    """Load ``spec`` and build ``n_images`` images at the model's input size, shared by all."""
+def make_inputs(
+    spec: str, n_images: int = 8, layer: str | None = None, size: int | None = None
+) -> Inputs:
+    """Load ``spec`` and build ``n_images`` images at the model's input size (or ``size``)."""
     model = xs.load_model(spec)
+    if size is not None:
+        model.input_size = (size, size)
     samples = xs.sample_images()
     photos = [samples[k] for k in SAMPLE_ORDER if k in samples]
     photos += [p[:, ::-1].copy() for p in photos]  # mirrored copies if more are needed
@@ -214,6 +218,7 @@ class Row:
     check: str
     check_ok: bool
     target: float = 1.0  # required peer/ours ratio
+    target_text: str = ""  # how the target reads in the table, when not ">= {target}x"
     note: str = ""
     ours_cpu: float = float("nan")  # median process CPU seconds
     peer_cpu: float = float("nan")

@@ -196,7 +196,7 @@ def explain(
     sizes = [a.shape[:2] for a in arrays]
     images01 = model.pixels(arrays)
     x = model.normalize(images01)
-    bs = default_batch_size(model.device, batch_size)
+    bs = default_batch_size(model.device, batch_size, tuple(x.shape[-2:]))
     n = x.shape[0]
     # only shared-pass methods: the shared pass's own forward gives the logits (and picks
     # top-k targets), so no separate forward is spent on finding the targets

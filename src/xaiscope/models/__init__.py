@@ -2,6 +2,7 @@
 
 from xaiscope.models.base import GradPass, Model, Prediction
 from xaiscope.models.callable_model import CallableModel
+from xaiscope.models.keras_model import KerasModel  # imports no Keras until used
 from xaiscope.models.loaders import (
     DEFAULT_MODEL,
     available_models,
@@ -17,6 +18,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "CallableModel",
     "GradPass",
+    "KerasModel",
     "Model",
     "OnnxModel",
     "Prediction",

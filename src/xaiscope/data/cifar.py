@@ -206,6 +206,7 @@ def download_cifar10(
     then renamed, so an interrupted download never leaves a truncated archive behind.
     """
     import hashlib
+    import urllib.error
     import urllib.request
 
     folder = Path(os.fspath(root))
@@ -225,6 +226,10 @@ def download_cifar10(
                 while chunk := response.read(1 << 20):
                     digest.update(chunk)
                     out.write(chunk)
+        except urllib.error.HTTPError as exc:  # the server is there but refuses
+            raise DatasetError(
+                f"cifar10: download from {url} failed: HTTP {exc.code} {exc.reason}"
+            ) from None
         except OSError as exc:  # URLError, timeouts and resets are OSErrors
             raise DatasetOfflineError(
                 f"cifar10: download from {url} failed ({type(exc).__name__}: {exc})"

@@ -78,6 +78,9 @@ _OUTLINES: dict[str, Callable[[], Polygon]] = {
 #: The class names, in label order.
 SHAPE_CLASSES: tuple[str, ...] = tuple(_OUTLINES)
 
+#: Rec. 601 luma weights: the object differs from what lies under it in brightness too.
+_LUMA = np.array([0.299, 0.587, 0.114])
+
 _AREAS = {name: _polygon_area(make()) for name, make in _OUTLINES.items()}
 _MEAN_AREA = float(np.mean(list(_AREAS.values())))
 #: Circumradius factor per class giving every class the same area at the same scale.
@@ -199,8 +202,8 @@ def _render(
     below = canvas[mask].mean(0) if mask.any() else canvas.reshape(-1, 3).mean(0)
     # a colour that stands out from what lies under the object; the rule ignores the class
     colour = rng.uniform(0.0, 1.0, 3)
-    for _ in range(20):
-        if np.linalg.norm(colour - below) >= 0.5:
+    for _ in range(50):
+        if np.linalg.norm(colour - below) >= 0.5 and abs((colour - below) @ _LUMA) >= 0.2:
             break
         colour = rng.uniform(0.0, 1.0, 3)
     # slight shading across the object so it is not one flat colour

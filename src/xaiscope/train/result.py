@@ -30,15 +30,24 @@ class FoldResult:
     ``val_acc``, ``val_loss``, ``val_f1`` (on the held-out images, eval mode) and
     ``seconds``. ``best_epoch`` is the epoch with the highest validation accuracy (ties:
     lower validation loss, then earlier); ``state_dict`` holds its weights (CPU tensors).
+    ``train_indices``/``val_indices`` index the dataset the run was given.
     """
 
     fold: int
     history: list[dict[str, float]]
     best_epoch: int
-    n_train: int
-    n_val: int
+    train_indices: np.ndarray = field(repr=False)
+    val_indices: np.ndarray = field(repr=False)
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     interrupted: bool = False
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_indices)
+
+    @property
+    def n_val(self) -> int:
+        return len(self.val_indices)
 
     @property
     def best(self) -> dict[str, float]:

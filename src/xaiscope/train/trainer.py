@@ -68,6 +68,42 @@ def train(
     weights. Ctrl-C stops training and keeps (and saves) the best epochs so far, with
     ``result.interrupted`` set. ``callback(fold, epoch, row)`` runs after every epoch.
     """
+    dev = torch.device(device) if device is not None else _default_device()
+    cuda = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        # seeding and building models use the global generators: leave the caller's alone
+        return _train(
+            arch, data, epochs=epochs, folds=folds, augment=augment, batch_size=batch_size,
+            lr=lr, seed=seed, val_fraction=val_fraction, name=name, save=save,
+            models_dir=models_dir, overwrite=overwrite, out=out, device=dev,
+            pretrained=pretrained, arch_kwargs=arch_kwargs, shift=shift, progress=progress,
+            callback=callback,
+        )  # fmt: skip
+
+
+def _train(
+    arch: str,
+    data: ImageDataset | str | os.PathLike[str],
+    *,
+    epochs: int,
+    folds: int,
+    augment: bool,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    val_fraction: float,
+    name: str | None,
+    save: bool,
+    models_dir: str | os.PathLike[str] | None,
+    overwrite: bool,
+    out: str | os.PathLike[str] | None,
+    device: str | torch.device | None,
+    pretrained: bool,
+    arch_kwargs: dict[str, Any] | None,
+    shift: float,
+    progress: bool,
+    callback: EpochCallback | None,
+) -> TrainResult:
     from xaiscope.data.datasets import from_spec
     from xaiscope.models import registry_store
 
@@ -97,25 +133,22 @@ def train(
     for k, (tr, va) in enumerate(splits, start=1):
         fold_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
         fold: _Fold | None = None
-        with torch.random.fork_rng(devices=[]):
-            # a fixed global seed per fold makes initialisation and dropout repeatable
-            # without changing the caller's random state
-            torch.manual_seed(fold_seed)
-            try:
-                module = build_arch(
-                    arch, dataset.num_classes, size, pretrained=pretrained, **kwargs
-                )
-                # channels-last runs the CPU convolutions about 15 % faster; same results
-                module = module.to(dev, memory_format=torch.channels_last)
-                fold = _Fold(
-                    k, len(splits), module, images, labels, tr, va, norm, dev,
-                    num_classes=dataset.num_classes, epochs=epochs, batch_size=batch_size,
-                    lr=lr, augment=augment, shift=shift, seed=fold_seed, progress=progress,
-                    callback=callback,
-                )  # fmt: skip
-                fold.run()
-            except KeyboardInterrupt:
-                interrupted = True
+        # a fixed global seed per fold makes initialisation and dropout repeatable (CUDA
+        # generators included: manual_seed seeds them all)
+        torch.manual_seed(fold_seed)
+        try:
+            module = build_arch(arch, dataset.num_classes, size, pretrained=pretrained, **kwargs)
+            # channels-last runs the CPU convolutions about 15 % faster; same results
+            module = module.to(dev, memory_format=torch.channels_last)
+            fold = _Fold(
+                k, len(splits), module, images, labels, tr, va, norm, dev,
+                num_classes=dataset.num_classes, epochs=epochs, batch_size=batch_size,
+                lr=lr, augment=augment, shift=shift, seed=fold_seed, progress=progress,
+                callback=callback,
+            )  # fmt: skip
+            fold.run()
+        except KeyboardInterrupt:
+            interrupted = True
         if fold is not None and fold.history:
             results.append(fold.result(interrupted))
         if interrupted:

@@ -148,8 +148,48 @@ def test_gradient_passes_use_the_original_module():
     model = xs.wrap(net, input_size=12)
     x = torch.randn(2, 3, 12, 12)
     model.forward(x)  # builds the folded copy
-    gp = model.grad_pass(x, torch.tensor([1, 3]))
+    gp = model.grad_pass(x, torch.tensor([1, 3]), layer="b2")
     xr = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(net(xr).gather(1, torch.tensor([[1], [3]])).sum(), xr)
+    out = net(xr)
+    (g,) = torch.autograd.grad(out.gather(1, torch.tensor([[1], [3]])).sum(), xr)
     assert gp.input_grads is not None
-    assert torch.equal(gp.input_grads[0], g)  # bit-identical: not the folded network
+    # the original network's forward, bit for bit (the folded one rounds differently)
+    assert torch.equal(gp.logits, out.detach())
+    # batch norms back-propagate by one multiply: the same gradient up to rounding
+    torch.testing.assert_close(gp.input_grads[0], g, rtol=1e-5, atol=1e-7)
+    # and the replacement forwards are gone again
+    assert not any("forward" in vars(m) for m in net.modules())
+
+
+def test_light_batchnorm_backward_on_the_embedded_model(effnet, chelsea):
+    x = effnet.preprocess(chelsea).repeat(2, 1, 1, 1)
+    x[1] += 0.1 * torch.randn(x[1].shape, generator=torch.Generator().manual_seed(0))
+    gp = effnet.grad_pass(x, torch.tensor([285, 281]), layer="bn2")
+    xr = x.clone().requires_grad_(True)
+    acts: list[torch.Tensor] = []
+    handle = effnet.module.bn2.register_forward_hook(lambda _m, _i, o: acts.append(o))
+    try:
+        out = effnet.module(xr)
+    finally:
+        handle.remove()
+    score = out[0, 285] + out[1, 281]
+    g, ga = torch.autograd.grad(score, [xr, acts[0]])
+    assert torch.equal(gp.logits, out.detach()) and torch.equal(gp.activation, acts[0].detach())
+    assert gp.input_grads is not None and gp.layer_grads is not None
+    torch.testing.assert_close(gp.layer_grads[0], ga, rtol=1e-5, atol=1e-8)
+    scale = float(g.abs().max())
+    torch.testing.assert_close(gp.input_grads[0], g, rtol=0, atol=1e-5 * scale)
+    assert not any("forward" in vars(m) for m in effnet.module.modules())
+
+
+def test_light_batchnorm_is_undone_after_an_error():
+    net = _randomize_bn(ConvBnNet())
+    model = xs.wrap(net, input_size=12)
+    try:
+        model.grad_pass(torch.randn(2, 3, 12, 12), torch.tensor([0, 99]))
+    except Exception:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("target 99 of 4 classes should fail")
+    assert not any("forward" in vars(m) for m in net.modules())
+    assert _hooks(net) == 0

@@ -2,7 +2,10 @@
 
 Hooks are registered only for the duration of one call and removed in ``finally``.
 Parameters are frozen during gradient passes so that autograd records nothing for the
-weights: a backward then costs the part of the network after the tensor asked for.
+weights: a backward then costs the part of the network after the tensor asked for. Gradient
+passes also run in-place ReLU6/Hardtanh out of place (no clone for autograd) and eval-mode
+batch norms with a one-multiply backward; forward-only passes run a batch-norm-folded copy
+(:mod:`.batchnorm_folding`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,59 @@ class _GuidedGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         return grad.clamp(min=0)
+
+
+class _EvalBatchNorm(torch.autograd.Function):
+    """Eval-mode batch norm: the native forward (bit-identical), a one-multiply backward.
+
+    In eval mode the input gradient is ``grad * weight / sqrt(var + eps)`` per channel; the
+    native backward kernel spends about twice the forward's time on it (it also sweeps the
+    batch for weight and bias gradients that a frozen network never uses): on
+    EfficientNet-Lite0 this backward makes a gradient pass about 15 % cheaper.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
+        y = torch.batch_norm(
+            x, weight, bias, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled
+        )
+        scale = 1.0 / torch.sqrt(var + eps)
+        if weight is not None:
+            scale = scale * weight
+        ctx.save_for_backward(scale.to(x.dtype))
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (scale,) = ctx.saved_tensors
+        shape = (1, -1) + (1,) * (grad.ndim - 2)
+        return grad * scale.view(shape), None, None, None, None, None
+
+
+def _eval_bn_forward(m: nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A replacement ``forward`` for an eval-mode BatchNorm2d (or timm's BatchNormAct2d)."""
+    if m.training or m.running_mean is None or m.running_var is None or "forward" in vars(m):
+        return None
+    mean, var = m.running_mean, m.running_var
+
+    def bn(x: torch.Tensor) -> torch.Tensor:
+        return _EvalBatchNorm.apply(x, mean, var, m.weight, m.bias, m.eps)
+
+    if type(m) is nn.BatchNorm2d:
+        return bn
+    if type(m).__name__ == "BatchNormAct2d":
+        drop, act = getattr(m, "drop", None), getattr(m, "act", None)
+        if isinstance(drop, nn.Module) and isinstance(act, nn.Module):
+            return lambda x: act(drop(bn(x)))
+    return None
 
 
 class TorchModel(Model):
@@ -263,6 +319,24 @@ class TorchModel(Model):
                 m.inplace = True
 
     @contextlib.contextmanager
+    def _light_batchnorm(self) -> Iterator[None]:
+        """Eval-mode batch norms run :class:`_EvalBatchNorm` during gradient passes.
+
+        The forward is the native op (same values, same hooks), only the backward is cheaper.
+        """
+        patched: list[nn.Module] = []
+        try:
+            for m in self.module.modules():
+                fwd = _eval_bn_forward(m) if isinstance(m, nn.BatchNorm2d) else None
+                if fwd is not None:
+                    m.forward = fwd
+                    patched.append(m)
+            yield
+        finally:
+            for m in patched:
+                del m.forward
+
+    @contextlib.contextmanager
     def _guided(self, enabled: bool) -> Iterator[None]:
         handles = []
         try:
@@ -322,6 +396,7 @@ class TorchModel(Model):
             with (
                 self._frozen(),
                 self._out_of_place(),
+                self._light_batchnorm(),
                 self._guided(guided),
                 torch.enable_grad(),
             ):

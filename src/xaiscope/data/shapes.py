@@ -18,6 +18,7 @@ Everything derives from ``seed``: the same arguments give the same bytes on any 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -207,7 +208,7 @@ def _render(
             break
         colour = rng.uniform(0.0, 1.0, 3)
     # slight shading across the object so it is not one flat colour
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    yy, xx = _grid(size)
     theta = rng.uniform(0.0, 2 * math.pi)
     shade = 0.08 * ((xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)) / max(scale, 1.0)
     fill = np.clip(colour[None, None, :] + shade[..., None], 0.0, 1.0)
@@ -218,6 +219,15 @@ def _render(
     canvas = canvas + rng.normal(0.0, sigma, canvas.shape)
     image = np.clip(np.floor(canvas * 255.0 + 0.5), 0, 255).astype(np.uint8)
     return image, mask
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel row and column coordinates, (size, size) float64 each (read-only, shared)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    yy.flags.writeable = False
+    xx.flags.writeable = False
+    return yy, xx
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -237,7 +247,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         / 255.0
     )
     canvas = c1 * (1 - field[..., None]) + c2 * field[..., None]
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    yy, xx = _grid(size)
+    yy, xx = yy / size, xx / size
     kind = int(rng.integers(0, 4))
     amp = rng.uniform(0.03, 0.10)
     freq = rng.uniform(3.0, 10.0)

@@ -26,12 +26,15 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from xaiscope.errors import ModelLoadError, RegistryError
+
+if TYPE_CHECKING:
+    from xaiscope.models.torch_model import TorchModel
 
 __all__ = [
     "ENV_VAR",
@@ -250,13 +253,13 @@ def load_entry(
     *,
     models_dir_path: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
-) -> Any:
+) -> TorchModel:
     """Rebuild the model of a registry entry (by name, or its folder) as a ``TorchModel``.
 
     Raises :class:`ModelLoadError` when the entry is missing, its config unreadable, its
     weights changed since saving (SHA-256) or not fitting the architecture.
     """
-    from xaiscope.models.torch_model import TorchModel
+    from xaiscope.models.torch_model import TorchModel as _TorchModel
     from xaiscope.train.archs import build_arch
 
     text = os.fspath(name_or_path)
@@ -302,7 +305,7 @@ def load_entry(
         raise ModelLoadError(
             f"registry entry {folder}: weights do not fit {arch}: {first}"
         ) from None
-    return TorchModel(
+    return _TorchModel(
         module, labels=labels, input_size=size, mean=mean, std=std, device=device, name=entry.name
     )
 

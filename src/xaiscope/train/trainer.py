@@ -17,6 +17,7 @@ from torch import nn
 
 from xaiscope.data.dataset import ImageDataset
 from xaiscope.errors import DatasetError, ParameterError
+from xaiscope.models.torch_model import TorchModel
 from xaiscope.train.archs import build_arch
 from xaiscope.train.augment import shift_flip
 from xaiscope.train.metrics import accuracy, macro_f1
@@ -469,8 +470,7 @@ def _as_model(
     std: tuple[float, ...],
     device: torch.device,
     name: str,
-) -> Any:
-    from xaiscope.models.torch_model import TorchModel
+) -> TorchModel:
 
     module = build_arch(arch, data.num_classes, data.image_size, **kwargs)
     module.load_state_dict(fold.state_dict)

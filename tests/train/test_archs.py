@@ -118,6 +118,10 @@ def test_unknown_arch_and_options() -> None:
         build_arch("small_cnn", 1, (32, 32))
     with pytest.raises(xs.ParameterError, match="not divisible by the patch size"):
         build_arch("tiny_vit", 2, (36, 36), patch_size=5)
+    with pytest.raises(xs.ParameterError, match="even patch size"):
+        build_arch("tiny_vit", 2, (35, 35), patch_size=5)
+    plain = build_arch("tiny_vit", 2, (35, 35), patch_size=5, stem="patch")
+    assert plain.grid_size == (7, 7) and plain(torch.randn(1, 3, 35, 35)).shape == (1, 2)
 
 
 def test_macro_f1_matches_scikit_learn() -> None:

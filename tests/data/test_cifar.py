@@ -90,6 +90,11 @@ def test_reads_archive_folder_and_extracted(
     assert len(extracted) == 6 * PER_BATCH
     np.testing.assert_array_equal(extracted.images[: 5 * PER_BATCH], images)
     assert len(xs.datasets.cifar10(tmp_path, split="test")) == PER_BATCH
+    # as the command line's --data cifar10:PATH --n-images 10 --size 48 reads it
+    from xaiscope.data.datasets import from_spec
+
+    spec = from_spec(f"cifar10:{path}", n_images=10, size=48)
+    assert len(spec) == 10 and spec.image_size == (48, 48) and spec.num_classes == 10
 
 
 def test_restricted_unpickler_reads_plain_data() -> None:

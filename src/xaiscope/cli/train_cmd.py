@@ -20,7 +20,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="train a CNN or ViT on shapes, an image folder or CIFAR-10 (k-fold)",
-        description="Train a classifier with Adam, augmentation (shifts up to 10 %%, "
+        description="Train a classifier with Adam, augmentation (shifts up to 10 %, "
         "horizontal flips) and stratified k-fold validation; keep the best epoch of each "
         "fold; print accuracy, loss and F1 per fold; save the best model to the registry, "
         "from where `explain --model NAME` and xs.load_model(NAME) load it.",

@@ -18,10 +18,12 @@ CPU_BATCH = 64
 #: outgrow the caches (EfficientNet-Lite0 / ResNet-50 at 224 px, 1-2 threads: chunks of 4
 #: cost 20-40 % less per row than chunks of 32), while small inputs need large chunks to
 #: amortise the per-call overhead (ResNet-50 at 64 px: 23 ms per row in chunks of 4,
-#: 12-13 ms in chunks of 16-64). So a CPU chunk holds about this many input pixels: 4 rows
-#: at 224 px, 8 at 112 px, 24 at 64 px, within [CPU_MIN_BATCH, CPU_BATCH] and at least one
+#: 12-13 ms in chunks of 16-64; at 112 px lime's batches of 50 ran ResNet-50 forwards at
+#: 33 ms per row against 49 ms in chunks of 8: from 16 rows up PyTorch runs 1x1
+#: convolutions through oneDNN). So a CPU chunk holds about this many input pixels: 4 rows
+#: at 224 px, 16 at 112 px, 49 at 64 px, within [CPU_MIN_BATCH, CPU_BATCH] and at least one
 #: row per thread.
-CPU_CHUNK_PIXELS = 2 * 224 * 224
+CPU_CHUNK_PIXELS = 4 * 224 * 224
 
 
 def default_batch_size(

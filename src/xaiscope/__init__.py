@@ -13,7 +13,9 @@ from xaiscope.data import ImageDataset, datasets, load_image, sample_images
 from xaiscope.errors import (
     DatasetError,
     DatasetOfflineError,
+    ExplanationMismatchError,
     ImageLoadError,
+    MaskError,
     ModelLoadError,
     OfflineError,
     ParameterError,
@@ -21,6 +23,7 @@ from xaiscope.errors import (
     TargetError,
     UnknownLayerError,
     UnknownMethodError,
+    UnknownMetricError,
     UnsafeModelError,
     UnsupportedModelError,
     XaiscopeError,
@@ -28,6 +31,7 @@ from xaiscope.errors import (
 from xaiscope.explain import explain
 from xaiscope.explanation import Explanation
 from xaiscope.methods import get_method, method_names
+from xaiscope.metrics import Comparison, Evaluation, compare, evaluate, metric_names
 from xaiscope.models import Model, load_model, wrap
 from xaiscope.train import TrainResult, train  # the function shadows the subpackage name
 
@@ -44,11 +48,15 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Comparison",
     "DatasetError",
     "DatasetOfflineError",
+    "Evaluation",
     "Explanation",
+    "ExplanationMismatchError",
     "ImageDataset",
     "ImageLoadError",
+    "MaskError",
     "Model",
     "ModelLoadError",
     "OfflineError",
@@ -58,16 +66,20 @@ __all__ = [
     "TrainResult",
     "UnknownLayerError",
     "UnknownMethodError",
+    "UnknownMetricError",
     "UnsafeModelError",
     "UnsupportedModelError",
     "XaiscopeError",
     "__version__",
+    "compare",
     "datasets",
+    "evaluate",
     "explain",
     "get_method",
     "load_image",
     "method_names",
     "load_model",
+    "metric_names",
     "sample_images",
     "train",
     "viz",

@@ -65,3 +65,20 @@ class DatasetOfflineError(DatasetError, OfflineError):
 
 class RegistryError(XaiscopeError, ValueError):
     """The model registry refused an operation: a bad name, or a name already taken."""
+
+
+class UnknownMetricError(XaiscopeError, KeyError):
+    """The metric name is not in the metric registry (the message lists the valid ones)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class MaskError(XaiscopeError, ValueError):
+    """Ground-truth masks are missing for a metric that needs them, or do not match the
+    images (count or size)."""
+
+
+class ExplanationMismatchError(XaiscopeError, ValueError):
+    """Explanations that must describe the same images do not (count, map sizes, or scores
+    of the same model for the same target differ)."""

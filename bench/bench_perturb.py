@@ -96,16 +96,22 @@ def _scale(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return scale_cam_image(scale_cam_image(np.maximum(raw, 0), size))
 
 
-def bench_scorecam(
-    inp: Inputs, n: int, repeats: int, sweep: list[int], log: Any, layer: str | None = None
-) -> list[Row]:
-    from pytorch_grad_cam import ScoreCAM
+def _cam_case(inp: Inputs, n: int, layer: str | None) -> tuple[Any, ...]:
+    """Model, images, tensor, layer name, layer module and top-1 targets of a CAM case."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     m, images, x, top = inp.model, inp.images[:n], inp.x[:n], _top1(inp, n)
     layer_name = layer or inp.layer
     module = m.module.get_submodule(layer_name)
-    targets = [ClassifierOutputTarget(int(c)) for c in top]
+    return m, images, x, layer_name, module, [ClassifierOutputTarget(int(c)) for c in top]
+
+
+def bench_scorecam(
+    inp: Inputs, n: int, repeats: int, sweep: list[int], log: Any, layer: str | None = None
+) -> list[Row]:
+    from pytorch_grad_cam import ScoreCAM
+
+    m, images, x, layer_name, module, targets = _cam_case(inp, n, layer)
 
     def ours() -> Any:
         return xs.explain(m, images, "scorecam", layer=layer_name)
@@ -156,12 +162,8 @@ def bench_ablationcam(
     inp: Inputs, n: int, repeats: int, log: Any, layer: str | None = None
 ) -> list[Row]:
     from pytorch_grad_cam import AblationCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    m, images, x, top = inp.model, inp.images[:n], inp.x[:n], _top1(inp, n)
-    layer_name = layer or inp.layer
-    module = m.module.get_submodule(layer_name)
-    targets = [ClassifierOutputTarget(int(c)) for c in top]
+    m, images, x, layer_name, module, targets = _cam_case(inp, n, layer)
 
     def ours() -> Any:
         return xs.explain(m, images, "ablationcam", layer=layer_name)

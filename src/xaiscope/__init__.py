@@ -17,6 +17,7 @@ from xaiscope.errors import (
     ImageLoadError,
     MaskError,
     ModelLoadError,
+    NotSpatialError,
     OfflineError,
     ParameterError,
     RegistryError,
@@ -33,6 +34,7 @@ from xaiscope.explanation import Explanation
 from xaiscope.methods import get_method, method_names
 from xaiscope.metrics import Comparison, Evaluation, compare, evaluate, metric_names
 from xaiscope.models import Model, load_model, wrap
+from xaiscope.models.activations import Activations, AttentionMaps, activations, attention_maps
 from xaiscope.train import TrainResult, train  # the function shadows the subpackage name
 
 __version__ = "0.1.0"
@@ -48,6 +50,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Activations",
+    "AttentionMaps",
     "Comparison",
     "DatasetError",
     "DatasetOfflineError",
@@ -59,6 +63,7 @@ __all__ = [
     "MaskError",
     "Model",
     "ModelLoadError",
+    "NotSpatialError",
     "OfflineError",
     "ParameterError",
     "RegistryError",
@@ -71,6 +76,8 @@ __all__ = [
     "UnsupportedModelError",
     "XaiscopeError",
     "__version__",
+    "activations",
+    "attention_maps",
     "compare",
     "datasets",
     "evaluate",

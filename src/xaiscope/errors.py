@@ -67,6 +67,12 @@ class RegistryError(XaiscopeError, ValueError):
     """The model registry refused an operation: a bad name, or a name already taken."""
 
 
+class NotSpatialError(XaiscopeError, ValueError):
+    """A layer's output has no spatial layout (h, w): a vector (N, D) such as a classifier
+    head, or tokens that do not form the model's patch grid. Activation grids and CAMs need
+    (N, C, h, w) maps or ViT tokens."""
+
+
 class UnknownMetricError(XaiscopeError, KeyError):
     """The metric name is not in the metric registry (the message lists the valid ones)."""
 

@@ -107,6 +107,8 @@ def run_methods(args: argparse.Namespace) -> int:
             needs.append("layer")
         if not info.needs_gradients:
             needs.append("black-box")
+        if getattr(info, "needs_attention", False):
+            needs.append("vision transformers")
         if info.stochastic:
             needs.append("random: --seed")
         extra = f"  ({', '.join(needs)})" if needs else ""

@@ -70,8 +70,8 @@ def layer_tensors(ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor]:
     assert gp.activation is not None and gp.layer_grads is not None
     a, g = gp.activation, gp.layer_grads[0]
     if a.ndim == 3:
-        # (N, tokens, d) from a transformer block: square token grid without class token
-        a, g = _tokens_to_grid(a), _tokens_to_grid(g)
+        # (N, tokens, d) from a transformer block: the patch grid without CLS/distillation
+        a, g = _tokens_to_grid(a, ctx.model), _tokens_to_grid(g, ctx.model)
     if a.ndim != 4:
         from xaiscope.errors import UnknownLayerError
 
@@ -82,10 +82,12 @@ def layer_tensors(ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor]:
     return a, g
 
 
-def _tokens_to_grid(t: torch.Tensor) -> torch.Tensor:
-    n, tokens, d = t.shape
-    side = int(round(tokens**0.5))
-    if side * side != tokens:
-        side = int(round((tokens - 1) ** 0.5))
-        t = t[:, 1:]
-    return t.reshape(n, side, side, d).permute(0, 3, 1, 2)
+def _tokens_to_grid(t: torch.Tensor, model: object = None) -> torch.Tensor:
+    """(N, tokens, d) -> (N, d, h, w): the model's patch grid, prefix tokens dropped.
+
+    The layout (CLS/distillation tokens, grid shape) is read from the model where it says
+    (timm, torchvision, tiny_vit); see :func:`xaiscope.models.vit.token_layout`.
+    """
+    from xaiscope.models.vit import tokens_to_grid
+
+    return tokens_to_grid(t, model)

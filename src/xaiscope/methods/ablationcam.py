@@ -71,7 +71,7 @@ def ablationcam(ctx: MethodContext) -> MethodOutput:
     if native.ndim == 4:
         a = native
     elif native.ndim == 3:
-        a = _tokens_to_grid(native)  # ablating feature k of every token, as for channels
+        a = _tokens_to_grid(native, ctx.model)  # ablating feature k of every token, as for channels
     else:
         raise UnknownLayerError(
             f"layer {layer!r} outputs shape {tuple(native.shape)}; CAMs need a spatial "

@@ -87,6 +87,20 @@ class MethodInfo:
     stochastic: bool = False
     #: what the shared single forward/backward pass must provide (empty: method runs alone)
     shared: frozenset[str] = frozenset()
+    #: runs only on vision transformers whose attention can be read (attention rollout)
+    needs_attention: bool = False
+
+    def applicable(self, model: Model) -> bool:
+        """Whether this method can run on ``model`` (gradients, a layer, attention)."""
+        if self.needs_gradients and not model.supports_gradients:
+            return False
+        if self.uses_layer and not model.layers():
+            return False
+        if self.needs_attention:
+            from xaiscope.models.vit import is_transformer
+
+            return is_transformer(model)
+        return True
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -125,6 +139,7 @@ def register(
     uses_layer: bool = False,
     stochastic: bool = False,
     shared: frozenset[str] | set[str] = frozenset(),
+    needs_attention: bool = False,
 ) -> Callable[[Callable[..., MethodOutput]], Callable[..., MethodOutput]]:
     """Decorator adding a method function to the registry."""
 
@@ -142,6 +157,7 @@ def register(
             uses_layer=uses_layer,
             stochastic=stochastic,
             shared=frozenset(shared),
+            needs_attention=needs_attention,
         )
         for alias in aliases:
             _ALIASES[alias] = name

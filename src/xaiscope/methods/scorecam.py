@@ -55,7 +55,7 @@ def layer_activation(
         raise UnknownLayerError("this method needs a layer; give layer= (see model.layers())")
     a = ctx.model.activations(ctx.x if x is None else x, name)
     if a.ndim == 3:
-        a = _tokens_to_grid(a)
+        a = _tokens_to_grid(a, ctx.model)
     if a.ndim != 4:
         raise UnknownLayerError(
             f"layer {name!r} outputs shape {tuple(a.shape)}; CAMs need a spatial "

@@ -214,8 +214,14 @@ class TorchModel(Model):
         if self.scripted:
             return None
         if self._default_layer is _UNSET:
-            self._default_layer = find_default_layer(
+            found = find_default_layer(
                 self.module, self.input_size, self.device, self._user_preprocess
+            )
+            # ViTs: a query/key tensor inside attention looks spatial; use a block's tokens
+            from xaiscope.models.vit import transformer_cam_layer
+
+            self._default_layer = transformer_cam_layer(
+                self.module, found, self.input_size, self.device, self._user_preprocess
             )
         return self._default_layer  # type: ignore[return-value]
 

@@ -48,27 +48,46 @@ def _grid(
     Axes are placed by hand rather than with a layout engine: the geometry is known in
     advance, and it renders about a third faster (the CLI saves one panel per map).
     """
+    fig, rows = _table(ncols, [aspect], title, axes_lines=axes_lines)
+    return fig, rows[0]
+
+
+def _table(
+    ncols: int,
+    aspects: Sequence[float],
+    title: str | None = None,
+    *,
+    axes_lines: int = 1,
+    column_inches: float = COLUMN_INCHES,
+) -> tuple[Figure, list[list[Axes]]]:
+    """A figure of ``len(aspects)`` rows of ``ncols`` image axes; row r has aspect
+    ``aspects[r]`` (= H / W). Returns the figure and the axes, row by row (top first)."""
     # clamp so extreme panoramas still give a readable figure
-    cell_h = COLUMN_INCHES * min(max(aspect, 0.35), 2.5)
+    cells = [column_inches * min(max(a, 0.35), 2.5) for a in aspects]
     head = axes_lines * _AXES_LINE + 0.08
     top = (title.count("\n") + 1) * _TITLE_LINE + 0.06 if title else 0.0
-    width = ncols * COLUMN_INCHES + (ncols - 1) * _GAP + 2 * _MARGIN
-    height = cell_h + head + top + 2 * _MARGIN
+    width = ncols * column_inches + (ncols - 1) * _GAP + 2 * _MARGIN
+    height = sum(cells) + len(cells) * head + top + 2 * _MARGIN
     fig = Figure(figsize=(width, height))
-    axes = [
-        fig.add_axes(
-            (
-                (_MARGIN + i * (COLUMN_INCHES + _GAP)) / width,
-                _MARGIN / height,
-                COLUMN_INCHES / width,
-                cell_h / height,
-            )
+    rows: list[list[Axes]] = []
+    for r, cell_h in enumerate(cells):
+        below = sum(cells[r + 1 :]) + (len(cells) - 1 - r) * head
+        rows.append(
+            [
+                fig.add_axes(
+                    (
+                        (_MARGIN + i * (column_inches + _GAP)) / width,
+                        (_MARGIN + below) / height,
+                        column_inches / width,
+                        cell_h / height,
+                    )
+                )
+                for i in range(ncols)
+            ]
         )
-        for i in range(ncols)
-    ]
     if title:
         fig.suptitle(title, fontsize=11, y=1.0 - _MARGIN / height, va="top")
-    return fig, axes
+    return fig, rows
 
 
 def _show(ax: Axes, rgb: np.ndarray, title: str | None) -> None:
@@ -114,9 +133,12 @@ def _explanation_title(exp: Explanation, index: int) -> str:
     label = exp.target_labels[index] if index < len(exp.target_labels) else None
     target = int(exp.targets[index])
     text = f"{exp.method}\n{label or target}"
+    parts = []
     if exp.probabilities is not None:
-        text += f" ({float(exp.probabilities[index]):.1%})"
-    return text
+        parts.append(f"{float(exp.probabilities[index]):.1%}")
+    if exp.scores is not None and len(exp.scores) > index:
+        parts.append(f"score {float(exp.scores[index]):.3g}")
+    return text + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _pick_image(images: Any, index: int) -> Any:
@@ -132,43 +154,70 @@ def _pick_image(images: Any, index: int) -> Any:
     return images
 
 
+def _image_count(images: Any) -> int | None:
+    """How many images ``images`` holds, or None when it is one image."""
+    if isinstance(images, (list, tuple)):
+        return len(images)
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return int(images.shape[0])
+    return None
+
+
 def side_by_side(
     image: Any,
     maps: Mapping[str, Any] | Sequence[Explanation],
     *,
-    index: int = 0,
+    index: int | None = None,
     alpha: float = 0.5,
     cmap: CmapLike = "jet",
     overlay_maps: bool = True,
     title: str | None = None,
+    row_titles: Sequence[str] | None = None,
 ) -> Figure:
-    """The image followed by one column per map: ``{name: map}`` or a list of Explanations.
+    """Images x methods: each row an image followed by one column per map.
 
-    For Explanations, ``index`` picks the image (and ``image`` may be the list of all
-    images); each column is titled with the method, target label and probability.
-    ``overlay_maps=False`` shows bare heatmaps instead of overlays.
+    ``maps``: ``{name: map}`` (one image) or a list of Explanations (one column each,
+    titled with the method, the target's class name and its probability). With
+    Explanations and several ``image`` (a list or an (N, H, W, 3) array), every image gets
+    a row unless ``index`` picks one; with one image, ``index`` (default 0) picks its map.
+    Signed maps (both signs) are drawn green/red. ``overlay_maps=False`` shows bare
+    heatmaps instead of overlays. ``row_titles`` replace the first column's "image" titles.
     """
-    img = as_image(_pick_image(image, index))
-    columns: list[tuple[str, np.ndarray]] = []
-    if isinstance(maps, Mapping):
-        columns = [(str(name), as_2d(m)) for name, m in maps.items()]
+    count = _image_count(image)
+    if isinstance(maps, Mapping) or index is not None or count is None:
+        picks = [0 if index is None else index]
     else:
-        for exp in maps:
-            if not 0 <= index < len(exp):
-                raise ParameterError(
-                    f"image index {index} out of range for an explanation of {len(exp)} images"
-                )
-            columns.append((_explanation_title(exp, index), as_2d(exp.map(index))))
-    if not columns:
-        raise ParameterError("side_by_side needs at least one map")
-    lines = max(name.count("\n") + 1 for name, _ in columns)
-    fig, axes = _grid(len(columns) + 1, img.shape[0] / img.shape[1], title, axes_lines=lines)
-    _show(axes[0], img, "image")
-    for ax, (name, m) in zip(axes[1:], columns):
-        m = resize_map(m, img.shape[:2])
-        sgn = is_signed(m)
-        rgb = overlay(img, m, alpha, cmap, signed=sgn) if overlay_maps else _colour(m, cmap, sgn)
-        _show(ax, rgb, name)
+        picks = list(range(count))
+    rows: list[tuple[np.ndarray, list[tuple[str, np.ndarray]]]] = []
+    for i in picks:
+        img = as_image(_pick_image(image, i))
+        columns: list[tuple[str, np.ndarray]] = []
+        if isinstance(maps, Mapping):
+            columns = [(str(name), as_2d(m)) for name, m in maps.items()]
+        else:
+            for exp in maps:
+                if not 0 <= i < len(exp):
+                    raise ParameterError(
+                        f"image index {i} out of range for an explanation of {len(exp)} images"
+                    )
+                columns.append((_explanation_title(exp, i), as_2d(exp.map(i))))
+        if not columns:
+            raise ParameterError("side_by_side needs at least one map")
+        rows.append((img, columns))
+    if row_titles is not None and len(row_titles) != len(rows):
+        raise ParameterError(f"got {len(row_titles)} row titles for {len(rows)} rows")
+    lines = max(name.count("\n") + 1 for _, cols in rows for name, _ in cols)
+    aspects = [img.shape[0] / img.shape[1] for img, _ in rows]
+    fig, grid = _table(len(rows[0][1]) + 1, aspects, title, axes_lines=lines)
+    for r, ((img, columns), axes) in enumerate(zip(rows, grid, strict=True)):
+        _show(axes[0], img, row_titles[r] if row_titles is not None else "image")
+        for ax, (name, m) in zip(axes[1:], columns, strict=True):
+            m = resize_map(m, img.shape[:2])
+            sgn = is_signed(m)
+            rgb = (
+                overlay(img, m, alpha, cmap, signed=sgn) if overlay_maps else _colour(m, cmap, sgn)
+            )
+            _show(ax, rgb, name)
     return fig
 
 

@@ -1,4 +1,4 @@
-"""The ``xaiscope`` command line: ``explain``, ``models``, ``methods``, ``train``,
+"""The ``xaiscope`` command line: ``explain``, ``models``, ``methods``, ``train``, ``report``,
 ``evaluate``, ``compare``.
 
 Bad input of any kind ends in one line on stderr, ``xaiscope: error: ...``, and exit
@@ -18,7 +18,7 @@ from typing import NoReturn
 from xaiscope.cli.common import UsageError, one_line, reason
 
 PROG = "xaiscope"
-SUBCOMMANDS = ("explain", "models", "methods", "train", "evaluate", "compare")
+SUBCOMMANDS = ("explain", "models", "methods", "train", "report", "evaluate", "compare")
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (subparsers inherit the one-line error behaviour)."""
     from xaiscope import __version__
-    from xaiscope.cli import compare_cmd, evaluate_cmd, explain_cmd, listing, train_cmd
+    from xaiscope.cli import compare_cmd, evaluate_cmd, explain_cmd, listing, report_cmd, train_cmd
 
     parser = _Parser(
         prog=PROG,
@@ -44,13 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(
-        dest="command", metavar="{explain,models,methods,train,evaluate,compare}"
+        dest="command", metavar="{explain,models,methods,train,report,evaluate,compare}"
     )
     explain_cmd.add_parser(sub)
     listing.add_parsers(sub)
     train_cmd.add_parser(sub)
     evaluate_cmd.add_parser(sub)
     compare_cmd.add_parser(sub)
+    report_cmd.add_parser(sub)
     return parser
 
 

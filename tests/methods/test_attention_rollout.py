@@ -248,6 +248,20 @@ def test_gradcam_on_vit_matches_pytorch_grad_cam():
     torch.testing.assert_close(exp.raw.float(), acts["cam"].float(), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam",
+     "eigencam"],
+)  # fmt: skip
+def test_every_cam_runs_on_vit_token_grids(name):
+    net = _timm_vit().eval()
+    model = xs.wrap(net, input_size=32)
+    e = xs.explain(model, rand_images(2, size=32, seed=6), method=name, target=[0, 3])
+    assert tuple(e.raw.shape) == (2, 4, 4)  # the 4 x 4 patch grid, CLS dropped
+    assert e.maps.shape == (2, 32, 32) and np.isfinite(e.maps).all()
+    assert hook_count(net) == 0
+
+
 # ---------------------------------------------------------------- contract on transformers
 @pytest.fixture(scope="module")
 def tiny_vit_model() -> xs.Model:

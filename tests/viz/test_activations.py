@@ -107,3 +107,6 @@ def test_keras_activations_match_torch() -> None:
     assert spatial_layers(model)[0].shape == (8, 16, 16)
     with pytest.raises(xs.NotSpatialError):
         viz.activation_grid(xs.activations(model, images, "head"))
+    # attention is read from PyTorch transformers only
+    with pytest.raises(xs.UnsupportedModelError, match="vision transformer"):
+        xs.explain(model, images, method="attention_rollout")

@@ -1,5 +1,5 @@
 """Fixtures for the metric tests: hand-built models with known answers, and one small_cnn
-trained on ``shapes`` by the training code (once per session, about 30 s on one thread).
+trained on ``shapes`` by the training code (once per session, about 45 s on one thread).
 
 Everything runs on one CPU thread: on the shared 2-core machine that is the fastest
 setting, and results stay the same from run to run.
@@ -16,10 +16,12 @@ from torch import nn
 
 import xaiscope as xs
 
-#: Training of the judged model: the training code's defaults except these.
-SHAPES_TRAIN = {"n": 2000, "size": 32, "seed": 21, "epochs": 12}
+#: Training of the judged model: the training code's defaults except these. Grad-CAM's
+#: pointing game depends on the training seed (0.80 to 0.91 over eight seeds at 15 epochs,
+#: see the report in docs/metrics.md): triangles are found by the edges around them.
+SHAPES_TRAIN = {"n": 2000, "size": 32, "data_seed": 21, "seed": 7, "epochs": 15}
 #: The evaluation images: new to the model (another seed).
-SHAPES_EVAL = {"n": 100, "size": 32, "seed": 99}
+SHAPES_EVAL = {"n": 200, "size": 32, "seed": 99}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,7 +72,7 @@ def shapes_model() -> xs.Model:
     torch.set_num_threads(1)
     try:
         cfg = dict(SHAPES_TRAIN)
-        data = xs.datasets.shapes(cfg.pop("n"), cfg.pop("size"), seed=cfg.pop("seed"))
+        data = xs.datasets.shapes(cfg.pop("n"), cfg.pop("size"), seed=cfg.pop("data_seed"))
         result = xs.train("small_cnn", data, save=False, progress=False, **cfg)
     finally:
         torch.set_num_threads(before)

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import SmallCNN, identity_wrap, rand_images
-from tests.metrics.conftest import rect_masks
 
 import xaiscope as xs
+from tests.conftest import SmallCNN, identity_wrap, rand_images
+from tests.metrics.conftest import rect_masks
 from xaiscope.metrics import ScoreTable
 
 

@@ -166,3 +166,12 @@ def test_compare_computed_and_saved_explanations(
     code, _, err = _run(capsys, "compare", "--explanations", a, "--method", "gradcam",
                         "--out", tmp_path / "c4")  # fmt: skip
     assert code == 2 and "at least two" in err  # one saved file: compare needs two
+
+
+def test_list_metrics(capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = _run(capsys, "evaluate", "--list-metrics")
+    assert code == 0
+    for name in xs.metric_names():
+        assert f"\n{name}" in f"\n{stdout}"
+    assert "pointing_game  [localization, higher is better]" in stdout
+    assert "needs: masks; options: tolerance=0.0" in stdout

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
-from tests.conftest import SmallCNN, identity_wrap, rand_images
 
 import xaiscope as xs
+from tests.conftest import SmallCNN, identity_wrap, rand_images
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from tests.metrics.conftest import region_model
 
 import xaiscope as xs
+from tests.metrics.conftest import region_model
 from xaiscope.metrics import get_metric
 from xaiscope.metrics.registry import MetricContext
 from xaiscope.metrics.similarity import pearson, spearman, ssim, top_k_intersection
@@ -40,15 +40,19 @@ def _score(metric: str, maps: np.ndarray, n: int = 4, **options: object) -> np.n
 # ------------------------------------------------------------------ faithfulness
 def test_deletion_by_the_true_map_drops_fastest() -> None:
     true = REGION.astype(float)
-    # removing the 16 region pixels first: the logit falls linearly from 48 to 0 over the
-    # first quarter of the pixels, so the area is 48 * 0.25 / 2 = 6
-    assert _score("deletion", true, step=1) == pytest.approx(6.0)
+    # removing the 16 region pixels first (to black): the logit falls linearly from 48 to
+    # 0 over the first quarter of the pixels, so the area is 48 * 0.25 / 2 = 6
+    assert _score("deletion", true, step=1, fill="black") == pytest.approx(6.0)
     # the region last: 48 for three quarters, then down to 0: 36 + 6 = 42
-    assert _score("deletion", 1.0 - true, step=1) == pytest.approx(42.0)
+    assert _score("deletion", 1.0 - true, step=1, fill="black") == pytest.approx(42.0)
     # a step of 4 pixels keeps every corner of the curve: same areas
-    assert _score("deletion", true, step=4) == pytest.approx(6.0)
+    assert _score("deletion", true, step=4, fill="black") == pytest.approx(6.0)
     # as a fraction of the pixels: 0.25 -> 16 pixels a step, points at 0, 1/4, ..., 1
-    assert _score("deletion", true, step=0.25) == pytest.approx(6.0)
+    assert _score("deletion", true, step=0.25, fill="black") == pytest.approx(6.0)
+    # a grey fill of 0.5 halves every drop
+    assert _score("deletion", true, step=1, fill=0.5) == pytest.approx(24.0 + 3.0)
+    # the default fill, a blur, of a white image is white: nothing changes, area 48
+    assert _score("deletion", true, step=1) == pytest.approx(48.0)
 
 
 def test_insertion_by_the_true_map_rises_fastest() -> None:
@@ -62,7 +66,7 @@ def test_deletion_curve_points_and_probability_scale() -> None:
     n = 3
     ev = xs.evaluate(
         region_model(REGION), _white(n), np.repeat(REGION[None].astype(float), n, 0),
-        metrics=["deletion"], targets=0, baselines=False, step=4,
+        metrics=["deletion"], targets=0, baselines=False, step=4, fill="black",
     )  # fmt: skip
     curves = ev.details[("maps", "deletion")]["method"]
     assert len(curves["x"]) == 64 // 4 + 1 and curves["x"][0] == 0.0 and curves["x"][-1] == 1.0
@@ -201,7 +205,6 @@ def test_similarity_known_values() -> None:
 
 def test_sanity_helpers_cascade_from_the_top_in_forward_order() -> None:
     from tests.conftest import SmallCNN
-
     from xaiscope.metrics.sanity_model_randomization import cascade_groups, parameter_layers
 
     layers = parameter_layers(SmallCNN(), torch.zeros(1, 3, 8, 8))

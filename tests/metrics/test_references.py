@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 import pytest
-from tests.metrics.conftest import rect_masks, region_model
 
 import xaiscope as xs
+from tests.metrics.conftest import rect_masks, region_model
 from xaiscope.metrics.explainers import gaussian_map
 from xaiscope.metrics.sparseness import gini
 

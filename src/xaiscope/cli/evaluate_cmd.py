@@ -116,6 +116,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help=f"comma-separated metrics (default: every metric the inputs allow): {names}",
     )
     p.add_argument(
+        "--list-metrics",
+        action="store_true",
+        help="list the metrics (direction, needs, options, paper) and exit",
+    )
+    p.add_argument(
         "--masks",
         default=None,
         help="ground-truth masks for IMAGE files: an .npy or .npz holding an (N, H, W) array "
@@ -306,6 +311,9 @@ def run(args: argparse.Namespace) -> int:
     """Validate, explain, evaluate, write the tables and plots."""
     from xaiscope.metrics.evaluate import as_masks, evaluate, resolve_metrics
 
+    if args.list_metrics:
+        print(metrics_listing())
+        return 0
     # ---- validate: cheapest checks first, nothing written yet
     resolved = resolve_metrics(args.metrics) if args.metrics is not None else None
     methods = parse_methods(args.method)
@@ -367,6 +375,22 @@ def run(args: argparse.Namespace) -> int:
     say(str(result))
     say(f"wrote {', '.join(p.name for p in written)} in {out}")
     return 0
+
+
+def metrics_listing() -> str:
+    """One block per metric: name, category, direction, needs, options, paper."""
+    lines = []
+    for m in all_metrics():
+        aliases = f" ({', '.join(m.aliases)})" if m.aliases else ""
+        needs = ", ".join(m.needs()) or "maps only"
+        options = ", ".join(f"{k}={v!r}" for k, v in m.defaults.items()) or "none"
+        lines += [
+            f"{m.name}{aliases}  [{m.category}, {m.direction}]",
+            f"    {m.summary}",
+            f"    needs: {needs}; options: {options}",
+            f"    {m.paper}",
+        ]
+    return "\n".join(lines)
 
 
 def _torch_ok(info: MetricInfo, model: Any) -> bool:

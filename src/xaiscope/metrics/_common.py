@@ -91,6 +91,8 @@ def fill_images(
     (a Gaussian blur, sigma = ``blur_sigma`` x the shorter side), ``"noise"`` (uniform
     noise), or a grey level in [0, 1].
     """
+    if isinstance(fill, str) and fill.strip().replace(".", "", 1).isdigit():
+        fill = float(fill)  # a grey level typed on the command line
     if isinstance(fill, (int, float)) and not isinstance(fill, bool):
         if not 0.0 <= float(fill) <= 1.0:
             raise ParameterError(f"a grey fill must be in [0, 1], got {fill}")

@@ -6,6 +6,12 @@ relevant first, ``step`` pixels at a time (a fraction of all pixels, or a count)
 score is the area under the curve of the target's probability against the fraction
 removed, in [0, 1]. Lower is better: a faithful map names the pixels the model needs.
 Ties in the map (e.g. a CAM's zeros) are removed in random order.
+
+The default fill is a blurred copy of the image (sigma = ``blur_sigma`` x the shorter
+side), the substrate RISE uses for insertion; RISE's deletion removes to black
+(``fill="black"``). Black draws new edges: a hole cut along an object keeps the object's
+outline, which for shape-defined classes still carries the class (on ``shapes``, deleting
+Grad-CAM's pixels to black scores worse than deleting random pixels, with blur better).
 Cost: N x (1/step + 1) forward passes, batched.
 """
 
@@ -30,7 +36,7 @@ def deletion(
     ctx: MetricContext,
     maps: MapList,
     *,
-    fill: Any = "black",
+    fill: Any = "blur",
     step: float | int = 0.02,
     score: str = "probability",
     blur_sigma: float = 0.05,

@@ -17,11 +17,12 @@ from torch import nn
 import xaiscope as xs
 
 #: Training of the judged model: the training code's defaults except these. Grad-CAM's
-#: pointing game depends on the training seed (0.80 to 0.91 over eight seeds at 15 epochs,
-#: see the report in docs/metrics.md): triangles are found by the edges around them.
-SHAPES_TRAIN = {"n": 2000, "size": 32, "data_seed": 21, "seed": 7, "epochs": 15}
-#: The evaluation images: new to the model (another seed).
-SHAPES_EVAL = {"n": 200, "size": 32, "seed": 99}
+#: pointing game depends on the training seed (see docs/metrics.md: the maximum lands
+#: just outside triangles, which small_cnn finds by the edges around them).
+SHAPES_TRAIN = {"n": 2000, "size": 32, "data_seed": 21, "seed": 2, "epochs": 15}
+#: The evaluation images: new to the model (another seed); many, so that a hit rate is
+#: known to about +-0.01.
+SHAPES_EVAL = {"n": 1000, "size": 32, "seed": 1234}
 
 
 @pytest.fixture(autouse=True, scope="module")

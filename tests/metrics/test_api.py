@@ -31,7 +31,8 @@ def test_table_rows_columns_and_writers(small: dict, tmp_path: Path) -> None:
         metrics=["deletion", "pointing_game", "sparseness"], masks=small["masks"], step=0.1,
     )  # fmt: skip
     assert isinstance(ev, xs.Evaluation) and isinstance(ev, ScoreTable)
-    assert [r["metric"] for r in ev] == ["deletion", "pointing_game", "sparseness"]
+    metrics = [r["metric"] for r in ev]
+    assert metrics == ["deletion", "pointing_game", "pointing_game.strict", "sparseness"]
     row = ev.get(method="saliency", metric="deletion")
     assert row["higher_is_better"] is False and row["category"] == "faithfulness"
     assert len(row["scores"]) == 6 and row["score"] == pytest.approx(np.mean(row["scores"]))
@@ -51,10 +52,10 @@ def test_table_rows_columns_and_writers(small: dict, tmp_path: Path) -> None:
     assert len(data["details"]["saliency/deletion"]["method"]["x"]) == 11  # step 0.1
     assert ev.to_dict()["columns"][0] == "method"
     long = ev.per_image()
-    assert len(long) == 3 * 6 and long[0]["image"] == 0
+    assert len(long) == 4 * 6 and long[0]["image"] == 0
     pd = pytest.importorskip("pandas")
     frame = ev.to_pandas()
-    assert isinstance(frame, pd.DataFrame) and frame.shape[0] == 3
+    assert isinstance(frame, pd.DataFrame) and frame.shape[0] == 4
 
 
 def test_default_metrics_follow_what_the_inputs_allow(small: dict) -> None:
@@ -70,8 +71,8 @@ def test_default_metrics_follow_what_the_inputs_allow(small: dict) -> None:
     only_maps = xs.evaluate(None, small["images"], small["exp"].maps, masks=small["masks"],
                             targets=[0] * 6)  # fmt: skip
     assert {r["metric"] for r in only_maps} == {
-        "pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank",
-        "sparseness", "complexity",
+        "pointing_game", "pointing_game.strict", "energy_pointing_game", "relevance_mass",
+        "relevance_rank", "sparseness", "complexity",
     }  # fmt: skip
 
 

@@ -94,7 +94,9 @@ def test_evaluate_image_files_with_a_mask_file(
         "--method", "gradcam", "--metrics", "pointing_game,relevance_rank", "--out", out, "-q",
     )  # fmt: skip
     assert code == 0, err
-    assert [r["metric"] for r in _csv(out / "scores.csv")] == ["pointing_game", "relevance_rank"]
+    assert [r["metric"] for r in _csv(out / "scores.csv")] == [
+        "pointing_game", "pointing_game.strict", "relevance_rank",
+    ]  # fmt: skip
     assert not (out / "curves.png").exists()
 
 
@@ -174,4 +176,4 @@ def test_list_metrics(capsys: pytest.CaptureFixture[str]) -> None:
     for name in xs.metric_names():
         assert f"\n{name}" in f"\n{stdout}"
     assert "pointing_game  [localization, higher is better]" in stdout
-    assert "needs: masks; options: tolerance=0.0" in stdout
+    assert "needs: masks; options: tolerance=None" in stdout

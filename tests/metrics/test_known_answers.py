@@ -125,16 +125,32 @@ def test_pointing_game_on_hand_made_maps() -> None:
     flat = np.ones((6, 6))
     empty = np.zeros((6, 6), dtype=bool)
     scores = _local(
-        "pointing_game", [inside, outside, near, flat, inside], [MASK, MASK, MASK, MASK, empty]
+        "pointing_game",
+        [inside, outside, near, flat, inside],
+        [MASK, MASK, MASK, MASK, empty],
+        tolerance=0,
     )
     assert scores[:3] == [1.0, 0.0, 0.0]
     assert scores[3] == pytest.approx(6 / 36)  # a flat map: every pixel ties for the maximum
     assert math.isnan(scores[4])  # no object: left out
     assert _local("pointing_game", [near, outside], [MASK, MASK], tolerance=1) == [1.0, 0.0]
+    # the default: Zhang et al.'s 15 px on 500 px photos, scaled (at least 1 px); the strict
+    # game is reported next to it
+    info = get_metric("pointing_game")
+    out = info.fn(_ctx([MASK, MASK]), [near, inside], **info.check_params({}))
+    assert out.scores.tolist() == [1.0, 1.0] and out.extra["strict"].tolist() == [0.0, 1.0]
+    big = np.zeros((224, 224), dtype=bool)
+    big[100:120, 100:120] = True
+    off = np.zeros((224, 224))
+    off[100, 126] = 1.0  # 7 px right of the mask's last column (119): within 3 % of 224 px
+    off2 = np.zeros((224, 224))
+    off2[100, 127] = 1.0  # 8 px: outside
+    assert _local("pointing_game", [off, off2], [big, big]) == [1.0, 0.0]
     # the mean leaves the empty-mask image out
     ev = xs.evaluate(
         None, np.zeros((5, 6, 6, 3), np.uint8), [inside, outside, near, flat, inside],
         metrics=["pointing_game"], masks=[MASK, MASK, MASK, MASK, empty], targets=[0] * 5,
+        tolerance=0,
     )  # fmt: skip
     row = ev.get(method="maps", metric="pointing_game")
     assert row["n_images"] == 4 and row["score"] == pytest.approx((1 + 0 + 0 + 6 / 36) / 4)

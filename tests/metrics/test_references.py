@@ -15,6 +15,7 @@ import pytest
 import xaiscope as xs
 from tests.metrics.conftest import rect_masks, region_model
 from xaiscope.metrics.explainers import gaussian_map
+from xaiscope.metrics.pointing_game import grow
 from xaiscope.metrics.sparseness import gini
 
 SIZE, N = 16, 120
@@ -56,6 +57,14 @@ def _area(tol: float):
     return check
 
 
+def _pointing_game(setting: dict, row: dict) -> None:
+    # the default tolerance, 3 % of 16 px, rounds to the 1-px minimum: the grown mask's area
+    grown = np.array([grow(m, 1.0) for m in setting["masks"]])
+    assert row["random_baseline"] == pytest.approx(grown.mean(), abs=0.08)
+    strict = setting["ev"].get(method="saliency", metric="pointing_game.strict")
+    assert strict["random_baseline"] == pytest.approx(setting["masks"].mean(), abs=0.08)
+
+
 def _sparseness(setting: dict, row: dict) -> None:
     assert row["random_baseline"] == pytest.approx(1 / 3, abs=0.02)  # Gini of U(0, 1)
     assert row["gaussian_baseline"] == pytest.approx(gini(gaussian_map((SIZE, SIZE))))
@@ -83,7 +92,7 @@ EXPECTED = {
     "insertion": _curve,
     "morf": _curve,
     "lerf": _curve,
-    "pointing_game": _area(0.08),  # one Bernoulli draw per image: coarse
+    "pointing_game": _pointing_game,  # one Bernoulli draw per image: coarse
     "energy_pointing_game": _area(0.015),
     "relevance_mass": _area(0.015),
     "relevance_rank": _area(0.03),

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import xaiscope as xs
+from xaiscope.metrics.pointing_game import grow
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +39,16 @@ def test_gradcam_points_at_the_object(
         shapes_model, shapes_eval, explanations["gradcam"],
         metrics=["pointing_game", "relevance_mass", "energy_pointing_game"],
     )  # fmt: skip
-    pg = ev.get(metric="pointing_game")
+    pg = ev.get(metric="pointing_game")  # Zhang et al.'s tolerance: 1 px at 32 px
+    strict = ev.get(metric="pointing_game.strict")
     area = float(shapes_eval.masks.mean())
-    print(f"\n{ev}\nmask area fraction {area:.3f}")
+    grown = float(np.mean([grow(m, 1.0) for m in shapes_eval.masks]))
+    print(f"\n{ev}\nmask area fraction {area:.3f}, grown by 1 px {grown:.3f}")
     assert pg["score"] >= 0.9
-    assert pg["random_baseline"] == pytest.approx(area, abs=0.06)
+    assert pg["random_baseline"] == pytest.approx(grown, abs=0.03)
+    # the strict game (no tolerance): lower, and a random map scores the mask's area
+    assert strict["score"] >= 0.85
+    assert strict["random_baseline"] == pytest.approx(area, abs=0.03)
     for metric in ("relevance_mass", "energy_pointing_game"):
         row = ev.get(metric=metric)
         assert row["score"] > 2 * row["random_baseline"] and row["better_than_random"]
@@ -67,8 +73,10 @@ def test_gradcam_deletes_faster_than_a_random_map(
 def test_model_randomisation_changes_real_maps_but_not_edges(
     shapes_model: xs.Model, shapes_eval: xs.ImageDataset, explanations: dict
 ) -> None:
-    subset = shapes_eval.subset(np.arange(40))
-    exps = {name: _first(e, 40) for name, e in explanations.items()}
+    # saliency keeps some of the image's edges without the trained weights: 0.42 to 0.46
+    # over four randomisation seeds on these 100 images, below 0.5 but not far
+    subset = shapes_eval.subset(np.arange(100))
+    exps = {name: _first(e, 100) for name, e in explanations.items()}
     ev = xs.evaluate(
         shapes_model, subset, exps, metrics=["sanity_model_randomization"], baselines=False
     )
@@ -80,11 +88,13 @@ def test_model_randomisation_changes_real_maps_but_not_edges(
     for method in ("gradcam", "saliency"):
         assert ev.score(method, "sanity_model_randomization") < 0.5
     assert edges.score("edge_detector", "sanity_model_randomization") > 0.99
-    # the cascade: with only the top layer randomised, the maps have already moved for the
-    # class-specific methods, and keep moving as more layers go
-    steps = ev.details[("gradcam", "sanity_model_randomization")]["method"]["spearman_abs"]
-    assert len(steps) == 7  # small_cnn: fc, bn3, conv3, bn2, conv2, bn1, conv1
-    assert np.nanmean(steps[-1]) < np.nanmean(steps[0]) + 0.1
+    # the cascade, top layer first: Grad-CAM reads the logits' weights, so its maps have
+    # moved once fc is random; the edge detector never moves
+    steps = ev.details[("gradcam", "sanity_model_randomization")]["method"]
+    assert steps["layers"] == ["fc", "bn3", "conv3", "bn2", "conv2", "bn1", "conv1"]
+    assert np.nanmean(steps["spearman_abs"][0]) < 0.5
+    control = edges.details[("edge_detector", "sanity_model_randomization")]["method"]
+    assert all(np.mean(step) > 0.99 for step in control["spearman_abs"])
 
 
 def _first(exp: xs.Explanation, n: int) -> xs.Explanation:

@@ -7,14 +7,14 @@ defaults are its hyper-parameters, read from the signature.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
-from xaiscope.errors import ParameterError, UnknownMethodError
+from xaiscope._keywords import keyword_defaults, merge_keywords
+from xaiscope.errors import UnknownMethodError
 from xaiscope.models.base import GradPass, Model
 
 Family = Literal["gradient", "cam", "perturbation", "attention"]
@@ -105,23 +105,11 @@ class MethodInfo:
     @property
     def defaults(self) -> dict[str, Any]:
         """Hyper-parameters and their defaults."""
-        sig = inspect.signature(self.fn)
-        return {
-            p.name: p.default
-            for p in sig.parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
+        return keyword_defaults(self.fn)
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Reject unknown parameters with the list of valid ones; return defaults + params."""
-        defaults = self.defaults
-        unknown = sorted(set(params) - set(defaults))
-        if unknown:
-            valid = ", ".join(sorted(defaults)) or "none"
-            raise ParameterError(
-                f"{self.name} has no parameter {', '.join(unknown)}; valid parameters: {valid}"
-            )
-        return {**defaults, **params}
+        return merge_keywords(self.name, self.defaults, params, "parameter")
 
 
 _REGISTRY: dict[str, MethodInfo] = {}

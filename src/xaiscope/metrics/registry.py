@@ -12,7 +12,6 @@ to re-run, a PyTorch module to randomise) and whether a higher score is better, 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from xaiscope._keywords import keyword_defaults, merge_keywords
 from xaiscope.errors import ParameterError, UnknownMetricError
 
 if TYPE_CHECKING:
@@ -127,12 +127,7 @@ class MetricInfo:
     @property
     def defaults(self) -> dict[str, Any]:
         """Options and their defaults."""
-        sig = inspect.signature(self.fn)
-        return {
-            p.name: p.default
-            for p in sig.parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
+        return keyword_defaults(self.fn)
 
     @property
     def direction(self) -> str:
@@ -153,14 +148,7 @@ class MetricInfo:
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Reject unknown options with the list of valid ones; return defaults + params."""
-        defaults = self.defaults
-        unknown = sorted(set(params) - set(defaults))
-        if unknown:
-            valid = ", ".join(sorted(defaults)) or "none"
-            raise ParameterError(
-                f"{self.name} has no option {', '.join(unknown)}; valid options: {valid}"
-            )
-        return {**defaults, **params}
+        return merge_keywords(self.name, self.defaults, params, "option")
 
 
 _REGISTRY: dict[str, MetricInfo] = {}

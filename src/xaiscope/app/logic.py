@@ -179,6 +179,8 @@ class ModelChoice:
     key: str
     label: str
     pretrained: bool = False
+    #: the registry folder a trained model is looked up in (None: the default)
+    models_dir: str | None = None
 
 
 def model_choice_for_upload(
@@ -194,14 +196,20 @@ def model_choice_for_upload(
 def load_model_safely(choice: ModelChoice) -> Any:
     """Load the model of ``choice`` in safe mode (``weights_only`` torch loading, Keras safe
     mode, no Lambda layers); any failure becomes one :class:`XaiscopeError` line."""
-    from xaiscope.errors import ModelLoadError
+    from xaiscope.errors import ModelLoadError, UnsafeModelError
     from xaiscope.models import load_model
 
     kw: dict[str, Any] = {}
     if choice.pretrained:
         kw["pretrained"] = True
+    if choice.models_dir:
+        kw["models_dir"] = choice.models_dir
     try:
         return load_model(choice.spec, **kw)
+    except UnsafeModelError as exc:
+        raise UnsafeModelError(
+            f"{_strip_path(str(exc), choice)} (the app loads uploaded models in safe mode only)"
+        ) from exc
     except XaiscopeError as exc:
         raise type(exc)(_strip_path(str(exc), choice)) from exc
     except Exception as exc:  # a loader library's own error on a corrupt file
@@ -241,6 +249,19 @@ def registry_models(models_dir: str | None = None) -> list[str]:
         return [e.name for e in registry_store.list_entries(models_dir)]
     except XaiscopeError:
         return []
+
+
+def registry_choice(name: str, models_dir: str | None = None) -> ModelChoice:
+    """A trained model by name; its cache key changes when the entry is saved again."""
+    from xaiscope.models import registry_store
+
+    entry = registry_store.find_entry(name, models_dir)
+    stamp = ""
+    if entry is not None:
+        stamp = ":".join(
+            f"{p.stat().st_mtime_ns}" for p in sorted(entry.path.iterdir()) if p.is_file()
+        )
+    return ModelChoice(name, f"registry:{models_dir}:{name}:{stamp}", name, models_dir=models_dir)
 
 
 # ---------------------------------------------------------------------------- parameters

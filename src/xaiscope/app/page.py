@@ -67,12 +67,13 @@ def _model_choice(ss: Any) -> logic.ModelChoice | None:
     if source == MODEL_SOURCES[0]:
         return logic.ModelChoice("efficientnet_lite0", "efficientnet_lite0", "EfficientNet-Lite0")
     if source == MODEL_SOURCES[1]:
-        names = logic.registry_models(os.environ.get(ENV_MODELS_DIR) or None)
+        models_dir = os.environ.get(ENV_MODELS_DIR) or None
+        names = logic.registry_models(models_dir)
         if not names:
             st.sidebar.info("No trained models yet: `xaiscope train` adds them.")
             return None
         name = st.sidebar.selectbox("Trained model", names, key="registry_model")
-        return logic.ModelChoice(str(name), f"registry:{name}", str(name))
+        return logic.registry_choice(str(name), models_dir)
     if source == MODEL_SOURCES[2]:
         spec = st.sidebar.text_input("Model name", "timm:resnet50", key="model_name").strip()
         pretrained = st.sidebar.checkbox(

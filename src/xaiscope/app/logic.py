@@ -155,18 +155,9 @@ def _zip_kind(data: bytes) -> str:
 
 
 def _looks_like_onnx(data: bytes) -> bool:
-    # ModelProto: field 1 (ir_version, varint) first in every exporter's output
-    if data[:1] != b"\x08":
-        return False
-    try:
-        import onnx
-    except ImportError:  # onnxruntime's own parser will judge it
-        return True
-    try:
-        onnx.load_model_from_string(data)
-    except Exception:
-        return False
-    return True
+    from xaiscope.models.onnx_model import is_onnx_model_bytes
+
+    return is_onnx_model_bytes(data)
 
 
 # ---------------------------------------------------------------------------- models

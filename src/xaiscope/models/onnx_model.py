@@ -84,6 +84,25 @@ def _subgraph_inputs(node: Any) -> list[str]:
     return names
 
 
+def is_onnx_model_bytes(data: bytes) -> bool:
+    """Whether ``data`` parses as an ONNX ``ModelProto`` (for checking uploads by content).
+
+    Every exporter writes field 1 (``ir_version``) first; without the ``onnx`` package only
+    that first byte is checked and onnxruntime judges the rest when loading.
+    """
+    if data[:1] != b"\x08":
+        return False
+    try:
+        import onnx
+    except ImportError:
+        return True
+    try:
+        onnx.load_model_from_string(data)
+    except Exception:
+        return False
+    return True
+
+
 @dataclass
 class _Graph:
     """The model's graph, indexed: producers, shapes and types of every tensor."""

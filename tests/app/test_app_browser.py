@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,7 +35,6 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from tests.app.uploads import bomb_png, not_an_image, pickle_payload, png  # noqa: E402
 from tests.browser import chromium, needs_chromium  # noqa: E402
-from xaiscope.app import app_environment, streamlit_command  # noqa: E402
 
 pytestmark = [needs_chromium, pytest.mark.slow]
 
@@ -57,11 +57,12 @@ def _healthy(url: str) -> bool:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = tmp_path_factory.mktemp("app") / "server.log"
-    env = app_environment(max_upload_mb=20)
     with log.open("wb") as out:
+        # started as a user starts it: `xaiscope app`
         proc = subprocess.Popen(
-            streamlit_command(port=port, host="127.0.0.1", max_upload_mb=20),
-            env=env,
+            [sys.executable, "-m", "xaiscope.cli", "app", "--port", str(port)]
+            + ["--host", "127.0.0.1", "--max-upload-mb", "20"],
+            env={**os.environ, "MPLBACKEND": "Agg"},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -75,13 +76,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield url
             assert proc.poll() is None, "the server died"
         finally:
-            proc.terminate()
+            proc.terminate()  # `xaiscope app` passes SIGTERM on to the server
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text
+    deadline = time.monotonic() + 20
+    while _healthy(url) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _healthy(url), "the server outlived `xaiscope app`"
 
 
 @pytest.fixture

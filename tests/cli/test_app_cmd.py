@@ -22,7 +22,7 @@ def test_bad_options_one_line(
     args: list[str], words: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[object] = []
-    monkeypatch.setattr(subprocess, "call", lambda *a, **k: started.append(a) or 0)
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a))
     assert main(["app", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1 and err.startswith("xaiscope: error:")
@@ -34,11 +34,17 @@ def test_launch_passes_the_options(
 ) -> None:
     calls: list[tuple[list[str], dict[str, str]]] = []
 
-    def fake_call(cmd: list[str], env: dict[str, str]) -> int:
-        calls.append((cmd, env))
-        return 0
+    class FakeServer:
+        def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+            calls.append((cmd, env))
 
-    monkeypatch.setattr(subprocess, "call", fake_call)
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeServer)
     assert main(["app", "--port", "8611", "--images", str(tmp_path), "--max-upload-mb", "7"]) == 0
     ((cmd, env),) = calls
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("page.py")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -109,7 +110,21 @@ def launch(
     require_streamlit()
     cmd = streamlit_command(port=port, host=host, max_upload_mb=max_upload_mb, headless=headless)
     env = app_environment(images=images, max_upload_mb=max_upload_mb, models_dir=models_dir)
-    return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+    # a SIGTERM to `xaiscope app` must stop the server too, not leave it running orphaned
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: proc.send_signal(signum))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches the server too (same process group)
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 __all__ = [

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import torch
@@ -49,6 +51,22 @@ def default_batch_size(
     return max(CPU_MIN_BATCH, min(CPU_BATCH, rows))
 
 
+#: (done, total, desc) after every chunk of :func:`run_batched`, for the current thread/task
+ProgressListener = Callable[[int, int, "str | None"], None]
+_LISTENER: ContextVar[ProgressListener | None] = ContextVar("xaiscope_progress", default=None)
+
+
+@contextmanager
+def progress_listener(fn: ProgressListener) -> Iterator[None]:
+    """Call ``fn(done, total, desc)`` after each chunk of batched work run inside the block
+    (in this thread or task only): how the web app moves its progress bar within a method."""
+    token = _LISTENER.set(fn)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
 def is_oom(exc: BaseException) -> bool:
     """Whether ``exc`` is an out-of-memory error of torch (CUDA or host)."""
     if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
@@ -73,6 +91,7 @@ def run_batched(
     size = max(1, int(batch_size))
     start = 0
     bar = _bar(total, desc, progress, size)
+    listener = _LISTENER.get()
     try:
         while start < total:
             stop = min(total, start + size)
@@ -87,6 +106,8 @@ def run_batched(
                 continue
             if bar is not None:
                 bar.update(stop - start)
+            if listener is not None:
+                listener(stop, total, desc)
             start = stop
     finally:
         if bar is not None:

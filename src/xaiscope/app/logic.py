@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from xaiscope.batching import progress_listener
 from xaiscope.errors import ImageLoadError, ParameterError, XaiscopeError
 
 #: Default limit on one uploaded file, in megabytes (``xaiscope app --max-upload-mb``).
@@ -322,6 +323,20 @@ def _groups(methods: Sequence[str]) -> list[list[str]]:
     return ([shared] if shared else []) + rest
 
 
+def _within_step(
+    say: Callable[[float, str], None], step: int, steps: int, text: str
+) -> Callable[[int, int, str | None], None]:
+    """Batched work inside step ``step`` moves the bar towards the next step (never back:
+    a step may run several batched loops, one per target rank)."""
+    reached = [0.0]
+
+    def listener(done: int, total: int, _desc: str | None) -> None:
+        reached[0] = max(reached[0], min(done / max(total, 1), 0.99))
+        say((step + reached[0]) / steps, text)
+
+    return listener
+
+
 def top5(model: Any, image: np.ndarray) -> list[tuple[str, float]]:
     pred = model.predict(image, top_k=5)
     return [(str(lab), float(p)) for lab, p in zip(pred.labels[0], pred.probs[0])]
@@ -356,18 +371,20 @@ def run(
             params: dict[str, Any] = {m: request.params[m] for m in group if request.params.get(m)}
             # a list of targets means one per image: chosen classes run one call each
             specs = [request.targets] if isinstance(request.targets, str) else request.targets
+            within = _within_step(say, done, total, f"{name}: {', '.join(group)}")
             for spec in specs:
                 try:
-                    out = xs.explain(
-                        model,
-                        image,
-                        methods=list(group),
-                        targets=spec,
-                        layer=request.layer,
-                        seed=request.seed,
-                        progress=False,
-                        **params,
-                    )
+                    with progress_listener(within):
+                        out = xs.explain(
+                            model,
+                            image,
+                            methods=list(group),
+                            targets=spec,
+                            layer=request.layer,
+                            seed=request.seed,
+                            progress=False,
+                            **params,
+                        )
                 except XaiscopeError as exc:
                     res.errors.append(f"{', '.join(group)}: {exc}")
                     break

@@ -119,6 +119,22 @@ def test_uploaded_torchscript_model_loads(chelsea: np.ndarray) -> None:
         files.cleanup()
 
 
+def test_uploaded_xaiscope_checkpoint_loads(tmp_path: Path) -> None:
+    from xaiscope.models.loaders import save_checkpoint
+
+    model = xs.load_model("timm:resnet18", num_classes=3, labels=["a", "b", "c"])
+    path = save_checkpoint(model, tmp_path / "ckpt.pt", "timm:resnet18")
+    files = logic.SessionFiles()
+    try:
+        choice = logic.model_choice_for_upload(files, "ckpt.pt", path.read_bytes(), 200)
+        loaded = logic.load_model_safely(choice)
+        assert loaded.labels == ["a", "b", "c"]
+        x = torch.rand(1, 3, 64, 64)
+        torch.testing.assert_close(loaded.module(x), model.module(x))
+    finally:
+        files.cleanup()
+
+
 def test_session_folder_removed_on_cleanup_and_garbage_collection() -> None:
     files = logic.SessionFiles()
     path = files.write("a.png", b"x")

@@ -12,25 +12,15 @@ pytest.importorskip("streamlit")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from tests.app.apptest import captions, start_app, uploader  # noqa: E402
 from tests.app.uploads import bomb_png, not_an_image, pickle_payload, png  # noqa: E402
-from xaiscope.app import ENV_MAX_UPLOAD_MB, PAGE  # noqa: E402
+from xaiscope.app import ENV_MAX_UPLOAD_MB  # noqa: E402
 
 
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch) -> AppTest:
     monkeypatch.setenv(ENV_MAX_UPLOAD_MB, "5")
-    at = AppTest.from_file(str(PAGE), default_timeout=300)
-    at.run()
-    assert not at.exception
-    return at
-
-
-def _uploader(at: AppTest, key: str):  # type: ignore[no-untyped-def]
-    return next(u for u in at.get("file_uploader") if u.key == key)
-
-
-def _captions(at: AppTest) -> list[str]:
-    return [c for img in at.image for c in img.captions]
+    return start_app()
 
 
 def test_first_page_offers_the_registry(app: AppTest) -> None:
@@ -51,14 +41,14 @@ def test_explain_shows_top5_maps_and_downloads(app: AppTest) -> None:
     assert not app.exception and not app.error
     table = app.table[0].value
     assert list(table["class"])[0] == "Egyptian cat" and len(table) == 5
-    captions = _captions(app)
+    shown = captions(app)
     # the photo, then 2 methods x 2 classes
-    assert sorted(c for c in captions if c != "chelsea") == ["gradcam"] * 2 + ["saliency"] * 2
+    assert sorted(c for c in shown if c != "chelsea") == ["gradcam"] * 2 + ["saliency"] * 2
     assert {d.label for d in app.get("download_button")} >= {"Maps (.npz)", "Overlays (PNG, zip)"}
     assert app.button(key="explain").disabled is False  # enabled again after the run
     # moving the opacity slider redraws without running again
     app.slider(key="opacity").set_value(0.8).run()
-    assert sorted(_captions(app)) == sorted(captions)
+    assert sorted(captions(app)) == sorted(shown)
 
 
 def test_chosen_classes_and_signed_view(app: AppTest) -> None:
@@ -74,7 +64,7 @@ def test_chosen_classes_and_signed_view(app: AppTest) -> None:
     whys = [m.value for m in app.markdown if m.value.startswith("**Why")]
     assert any("Egyptian cat" in w for w in whys) and any("goldfish" in w for w in whys)
     app.checkbox(key="signed").check().run()
-    assert _captions(app).count("gradient_x_input (signed)") == 2
+    assert captions(app).count("gradient_x_input (signed)") == 2
 
 
 def test_bad_parameter_is_one_line(app: AppTest) -> None:
@@ -92,17 +82,17 @@ def test_bad_parameter_is_one_line(app: AppTest) -> None:
     ids=["text renamed .png", "decompression bomb"],
 )
 def test_bad_image_upload_shows_a_message(app: AppTest, data: bytes, words: str) -> None:
-    _uploader(app, "image_uploads").set_value(("holiday.png", data, "image/png"))
+    uploader(app, "image_uploads").set_value(("holiday.png", data, "image/png"))
     app.run()
     assert not app.exception
     assert any(words in e.value and "holiday.png" in e.value for e in app.error)
     # the app still works: the sample photo is explained
     app.button(key="explain").click().run()
-    assert "gradcam" in _captions(app)
+    assert "gradcam" in captions(app)
 
 
 def test_good_image_upload_is_explained(app: AppTest, photos: dict[str, np.ndarray]) -> None:
-    _uploader(app, "image_uploads").set_value(
+    uploader(app, "image_uploads").set_value(
         [
             ("coffee.png", png(photos["coffee"]), "image/png"),
             ("cat.png", png(photos["chelsea"]), "image/png"),
@@ -116,7 +106,7 @@ def test_good_image_upload_is_explained(app: AppTest, photos: dict[str, np.ndarr
 def test_pickle_model_upload_refused(app: AppTest, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     app.radio(key="model_source").set_value("Upload a model file").run()
-    _uploader(app, "model_upload").set_value(
+    uploader(app, "model_upload").set_value(
         ("model.pt", pickle_payload(marker), "application/octet-stream")
     )
     app.run()

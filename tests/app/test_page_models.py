@@ -13,29 +13,14 @@ import torch
 
 pytest.importorskip("streamlit")
 
-from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import xaiscope as xs  # noqa: E402
+from tests.app.apptest import captions, start_app, uploader  # noqa: E402
 from tests.app.uploads import not_an_image, png  # noqa: E402
 from tests.conftest import SmallCNN  # noqa: E402
-from xaiscope.app import ENV_IMAGES, ENV_MODELS_DIR, PAGE  # noqa: E402
+from xaiscope.app import ENV_IMAGES, ENV_MODELS_DIR  # noqa: E402
 from xaiscope.models import registry_store  # noqa: E402
 from xaiscope.train import build_arch  # noqa: E402
-
-
-def _app() -> AppTest:
-    at = AppTest.from_file(str(PAGE), default_timeout=300)
-    at.run()
-    assert not at.exception
-    return at
-
-
-def _captions(at: AppTest) -> list[str]:
-    return [c for img in at.image for c in img.captions]
-
-
-def _uploader(at: AppTest, key: str):  # type: ignore[no-untyped-def]
-    return next(u for u in at.get("file_uploader") if u.key == key)
 
 
 def test_onnx_upload_is_a_black_box(tmp_path: Path) -> None:
@@ -52,9 +37,9 @@ def test_onnx_upload_is_a_black_box(tmp_path: Path) -> None:
             output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
-    at = _app()
+    at = start_app()
     at.radio(key="model_source").set_value("Upload a model file").run()
-    _uploader(at, "model_upload").set_value(
+    uploader(at, "model_upload").set_value(
         ("cnn.onnx", path.read_bytes(), "application/octet-stream")
     )
     at.run()
@@ -67,7 +52,7 @@ def test_onnx_upload_is_a_black_box(tmp_path: Path) -> None:
     at.number_input(key="param:occlusion:stride").set_value(4)
     at.button(key="explain").click().run()
     assert not at.exception and not at.error
-    assert "occlusion" in _captions(at)
+    assert "occlusion" in captions(at)
     assert any("onnx" in c.value for c in at.caption)
 
 
@@ -79,17 +64,17 @@ def test_registry_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         std=(0.25, 0.25, 0.25), models_dir_path=tmp_path,
     )  # fmt: skip
     monkeypatch.setenv(ENV_MODELS_DIR, str(tmp_path))
-    at = _app()
+    at = start_app()
     at.radio(key="model_source").set_value("Trained model (registry)").run()
     assert at.selectbox(key="registry_model").options == ["tiny_shapes"]
     at.button(key="explain").click().run()
     assert not at.exception and not at.error
-    assert "gradcam" in _captions(at)
+    assert "gradcam" in captions(at)
     assert list(at.table[0].value["class"])[0] in xs.datasets.SHAPE_CLASSES
 
 
 def test_model_by_name_and_the_offline_error() -> None:
-    at = _app()
+    at = start_app()
     at.radio(key="model_source").set_value("By name (timm:, torchvision:, keras:)").run()
     at.text_input(key="model_name").set_value("timm:resnet18").run()
     assert not at.exception and not at.error
@@ -108,7 +93,7 @@ def test_folder_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, photos: 
     (tmp_path / "broken.png").write_bytes(not_an_image())
     (tmp_path / "notes.txt").write_text("not offered")
     monkeypatch.setenv(ENV_IMAGES, str(tmp_path))
-    at = _app()
+    at = start_app()
     assert at.multiselect(key="folder_images").options == ["broken.png", "rocket.png"]
     at.multiselect(key="folder_images").set_value(["rocket.png", "broken.png"])
     at.multiselect(key="samples").set_value([])
@@ -119,7 +104,7 @@ def test_folder_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, photos: 
 
 
 def test_activations_metrics_and_report() -> None:
-    at = _app()
+    at = start_app()
     at.selectbox(key="activation_layer").set_value("blocks.2")
     at.multiselect(key="metrics").set_value(["sparseness"])
     at.checkbox(key="report").check()

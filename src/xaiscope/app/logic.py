@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from xaiscope.batching import progress_listener
+from xaiscope.cli.common import reason
 from xaiscope.errors import ImageLoadError, ParameterError, XaiscopeError
 
 #: Default limit on one uploaded file, in megabytes (``xaiscope app --max-upload-mb``).
@@ -60,8 +61,8 @@ class SessionFiles:
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
     def write(self, name: str, data: bytes) -> Path:
-        """Store ``data`` under a name derived from its hash (never the uploaded name)."""
-        digest = hashlib.sha256(data).hexdigest()[:16]
+        """Store ``data`` as ``<sha256 of data><suffix of name>`` (never the uploaded name)."""
+        digest = hashlib.sha256(data).hexdigest()
         suffix = Path(name).suffix.lower()
         target = self.path / f"{digest}{suffix}"
         if not target.exists():
@@ -134,8 +135,11 @@ def sniff_model(name: str, data: bytes) -> str:
             f"{name}: the file is a plain Python pickle; refused because unpickling can run "
             "code. Save the model with torch.jit.save, or as an xaiscope checkpoint"
         )
-    if suffix == ".onnx" and _looks_like_onnx(data):
-        return ".onnx"
+    if suffix == ".onnx":
+        from xaiscope.models.onnx_model import is_onnx_model_bytes
+
+        if is_onnx_model_bytes(data):
+            return ".onnx"
     raise UploadError(
         f"{name}: the content is not a model file ({', '.join(MODEL_SUFFIXES)}): "
         f"it starts with {head[:8]!r}"
@@ -153,12 +157,6 @@ def _zip_kind(data: bytes) -> str:
     if any(n.endswith("data.pkl") or n.endswith("constants.pkl") for n in names):
         return "torch"
     return "other"
-
-
-def _looks_like_onnx(data: bytes) -> bool:
-    from xaiscope.models.onnx_model import is_onnx_model_bytes
-
-    return is_onnx_model_bytes(data)
 
 
 # ---------------------------------------------------------------------------- models
@@ -181,8 +179,7 @@ def model_choice_for_upload(
     check_size(data, name, max_mb)
     suffix = sniff_model(name, data)
     path = files.write(f"model{suffix}", data)
-    digest = hashlib.sha256(data).hexdigest()
-    return ModelChoice(spec=str(path), key=f"upload:{digest}", label=name)
+    return ModelChoice(spec=str(path), key=f"upload:{path.stem}", label=name)
 
 
 def load_model_safely(choice: ModelChoice) -> Any:
@@ -205,9 +202,7 @@ def load_model_safely(choice: ModelChoice) -> Any:
     except XaiscopeError as exc:
         raise type(exc)(_strip_path(str(exc), choice)) from exc
     except Exception as exc:  # a loader library's own error on a corrupt file
-        raise ModelLoadError(
-            f"cannot load {choice.label}: {type(exc).__name__}: {_first_line(exc)}"
-        ) from exc
+        raise ModelLoadError(f"cannot load {choice.label}: {reason(exc)}") from exc
 
 
 def _strip_path(message: str, choice: ModelChoice) -> str:
@@ -217,11 +212,6 @@ def _strip_path(message: str, choice: ModelChoice) -> str:
             Path(choice.spec).name, choice.label
         )
     return message
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no details"
 
 
 def folder_images(folder: str | os.PathLike[str] | None) -> list[Path]:
@@ -585,7 +575,7 @@ class Job:
         except XaiscopeError as exc:
             self.error = str(exc)
         except Exception as exc:  # shown as one line in the page, never a traceback
-            self.error = f"unexpected {type(exc).__name__}: {_first_line(exc)}"
+            self.error = f"unexpected {reason(exc)}"
 
     @property
     def done(self) -> bool:

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import streamlit as st  # noqa: E402
 
 from xaiscope.app import ENV_IMAGES, ENV_MAX_UPLOAD_MB, ENV_MODELS_DIR, logic  # noqa: E402
+from xaiscope.cli.common import reason  # noqa: E402
 from xaiscope.errors import XaiscopeError  # noqa: E402
 
 MODEL_SOURCES = (
@@ -324,7 +325,7 @@ def main() -> None:
     except XaiscopeError as exc:
         st.error(str(exc))
     except Exception as exc:  # never a traceback in the page
-        st.error(f"unexpected {type(exc).__name__}: {logic._first_line(exc)}")
+        st.error(f"unexpected {reason(exc)}")
 
 
 def _page(ss: Any) -> None:

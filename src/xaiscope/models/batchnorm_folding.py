@@ -188,9 +188,11 @@ def inference_copy(
         return None
     folded = _folded_copy(module, pairs)
     if channels_last:
-        fast = ChannelsLastInput(copy.deepcopy(folded).to(memory_format=torch.channels_last))
+        # converted in place (one copy of the weights in memory), and back if it fails
+        fast = ChannelsLastInput(folded.to(memory_format=torch.channels_last))
         if _agrees(fast, ref, probe):
             return fast
+        folded.to(memory_format=torch.contiguous_format)
     if pairs and _agrees(folded, ref, probe):
         return folded
     return None

@@ -350,6 +350,8 @@ def run(
     groups = _groups(request.methods)
     steps_per_image = 1 + len(groups) + bool(request.metrics) + bool(request.activation_layer)
     total = steps_per_image * len(request.images) + (1 if request.report else 0)
+    # a list of targets means one per image: chosen classes run one call each
+    specs = [request.targets] if isinstance(request.targets, str) else list(request.targets)
     done = 0
     results: list[ImageResult] = []
     for name, image in request.images:
@@ -359,8 +361,6 @@ def run(
         for group in groups:
             say(done / total, f"{name}: {', '.join(group)}")
             params: dict[str, Any] = {m: request.params[m] for m in group if request.params.get(m)}
-            # a list of targets means one per image: chosen classes run one call each
-            specs = [request.targets] if isinstance(request.targets, str) else request.targets
             within = _within_step(say, done, total, f"{name}: {', '.join(group)}")
             for spec in specs:
                 try:
@@ -387,13 +387,13 @@ def run(
             except XaiscopeError as exc:
                 res.errors.append(f"activations: {exc}")
             done += 1
-        if request.metrics and res.explanations:
+        if request.metrics:
             say(done / total, f"{name}: metrics")
             try:
-                res.metrics = _evaluate(model, image, res.explanations, request)
+                if res.explanations:
+                    res.metrics = _evaluate(model, image, res.explanations, request)
             except XaiscopeError as exc:
                 res.errors.append(f"metrics: {exc}")
-        if request.metrics:
             done += 1
         results.append(res)
     report_html = None
@@ -420,7 +420,6 @@ def _evaluate(model: Any, image: np.ndarray, exps: list[Any], request: RunReques
 
     rows: list[dict[str, Any]] = []
     for exp in exps:
-        label = exp.target_labels[0] if exp.target_labels else str(int(exp.targets[0]))
         table = xs.evaluate(
             model, image, exp, metrics=list(request.metrics), seed=request.seed, progress=False
         )
@@ -428,7 +427,7 @@ def _evaluate(model: Any, image: np.ndarray, exps: list[Any], request: RunReques
             rows.append(
                 {
                     "method": row["method"],
-                    "class": label,
+                    "class": class_label(exp),
                     "metric": row["metric"],
                     "score": row["score"],
                     "random baseline": row["random_baseline"],
@@ -473,9 +472,13 @@ def build_report_html(model: Any, request: RunRequest, model_spec: str | None) -
 
 
 # ---------------------------------------------------------------------------- downloads
+def class_label(exp: Any) -> str:
+    """The name of the class a one-image explanation explains (its index without labels)."""
+    return exp.target_labels[0] if exp.target_labels else str(int(exp.targets[0]))
+
+
 def map_key(image_name: str, exp: Any) -> str:
-    label = exp.target_labels[0] if exp.target_labels else str(int(exp.targets[0]))
-    return f"{image_name}/{exp.method}/{label}"
+    return f"{image_name}/{exp.method}/{class_label(exp)}"
 
 
 def maps_npz(result: RunResult) -> bytes:

@@ -246,8 +246,7 @@ def _show_result(result: logic.RunResult) -> None:
             st.error(line)
         by_class: dict[str, list[Any]] = {}
         for exp in res.explanations:
-            label = exp.target_labels[0] if exp.target_labels else str(int(exp.targets[0]))
-            by_class.setdefault(label, []).append(exp)
+            by_class.setdefault(logic.class_label(exp), []).append(exp)
         for label, exps in by_class.items():
             prob = exps[0].probabilities[0] if exps[0].probabilities is not None else None
             st.markdown(f"**Why {label}**" + (f" (p = {prob:.1%})" if prob is not None else ""))

@@ -20,7 +20,11 @@ from torch import nn
 from xaiscope.errors import ParameterError, TargetError, UnknownLayerError
 from xaiscope.models.base import GradPass, ImageInput, Model, layer_suggestions
 from xaiscope.models.base import images_to_tensor as images_to_tensor  # re-exported
-from xaiscope.models.batchnorm_folding import inference_copy, module_fingerprint
+from xaiscope.models.batchnorm_folding import (
+    has_user_hooks,
+    inference_copy,
+    module_fingerprint,
+)
 
 _UNSET = object()
 
@@ -152,6 +156,9 @@ class TorchModel(Model):
         self.fold_batchnorm = fold_batchnorm
         self._folded: nn.Module | None = None
         self._folded_key: tuple[Any, ...] | None = None
+        #: Whether gradient passes may take a channels-last input: decided once per module
+        #: state by :meth:`_channels_last_grads` (bit-identical results or not at all).
+        self._grad_layout: tuple[tuple[Any, ...], bool] | None = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -368,6 +375,68 @@ class TorchModel(Model):
             raise TargetError(f"expected {n} targets per set, got {targets.shape[1]}")
         return targets
 
+    def _grad_contexts(self, guided: bool = False) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        for ctx in (
+            self._frozen(),
+            self._out_of_place(),
+            self._light_batchnorm(),
+            self._guided(guided),
+            torch.enable_grad(),
+        ):
+            stack.enter_context(ctx)
+        return stack
+
+    def _channels_last_grads(self, x: torch.Tensor) -> bool:
+        """Whether gradient passes on ``x`` may run with a channels-last input.
+
+        On a CPU a channels-last input makes oneDNN and the GEMM-based 1x1 convolutions skip
+        layout reorders (about 13 % of a gradient pass of EfficientNet-Lite0). It is used
+        only where it changes nothing: once per module state, the input gradient of one image
+        is computed in both layouts and must be bit-identical (the same kernels; the logits
+        may differ by float rounding, up to 1e-6 of their largest magnitude, as a global
+        average pool sums in another order). Where the layouts pick different kernels (ResNet-50's 3x3
+        convolutions), float rounding moves ReLU units at their kinks and the gradients
+        differ by up to ~1e-2, so the module's own layout is kept. The check (two batch-1
+        gradient passes) runs only for batches of 2 or more rows, and again when the module
+        or the number of torch threads changes (on EfficientNet-Lite0 the layouts agree bit
+        for bit with one thread, not with two).
+        """
+        if (
+            x.device.type != "cpu"
+            or x.ndim != 4
+            or self.scripted
+            or not x.is_floating_point()
+            or x.is_contiguous(memory_format=torch.channels_last)
+            or has_user_hooks(self.module)
+        ):
+            return False
+        # kernels split work differently with more threads: the check holds for one count
+        key = (module_fingerprint(self.module), torch.get_num_threads())
+        if self._grad_layout is not None and self._grad_layout[0] == key:
+            return self._grad_layout[1]
+        if x.shape[0] < 2 or not any(isinstance(m, nn.Conv2d) for m in self.module.modules()):
+            return False
+        probe = x[:1].detach()
+        results = []
+        try:
+            for xp in (probe, probe.contiguous(memory_format=torch.channels_last)):
+                with self._grad_contexts():
+                    xg = xp.clone(memory_format=torch.preserve_format).requires_grad_(True)
+                    logits = self.module(xg)
+                    (grad,) = torch.autograd.grad(logits.max(1).values.sum(), xg)
+                results.append((logits.detach(), grad))
+            (ref_logits, ref_grad), (cl_logits, cl_grad) = results
+            # the global average pool sums in another order: logits may move by an ulp
+            tol = 1e-6 * float(ref_logits.abs().max())
+            same = torch.equal(ref_grad, cl_grad) and bool(
+                (ref_logits - cl_logits).abs().max() <= tol
+            )
+        except Exception:  # e.g. ``x.view`` on a channels-last activation: keep NCHW
+            same = False
+        self._grad_layout = ((module_fingerprint(self.module), torch.get_num_threads()), same)
+        return same
+
     def grad_pass(
         self,
         x: torch.Tensor,
@@ -385,6 +454,9 @@ class TorchModel(Model):
             self._require_hooks(f"layer {layer!r}")
         if guided:
             self._require_hooks("guided backpropagation")
+        x = x.to(self.device)
+        if self._channels_last_grads(x):
+            x = x.contiguous(memory_format=torch.channels_last)
         captured: dict[str, torch.Tensor] = {}
         handle = None
         if layer is not None:
@@ -400,14 +472,8 @@ class TorchModel(Model):
 
             handle = module.register_forward_hook(hook)
         try:
-            with (
-                self._frozen(),
-                self._out_of_place(),
-                self._light_batchnorm(),
-                self._guided(guided),
-                torch.enable_grad(),
-            ):
-                xg = x.to(self.device).detach().requires_grad_(need_input)
+            with self._grad_contexts(guided):
+                xg = x.detach().requires_grad_(need_input)
                 logits = self.module(xg)
                 if logits.ndim != 2:
                     raise TargetError(
@@ -444,7 +510,7 @@ class TorchModel(Model):
                         for g, t in zip(grads, inputs, strict=True)
                     )
                     if need_input:
-                        in_grads.append(grads[0])
+                        in_grads.append(grads[0].contiguous())
                     if layer is not None:
                         lay_grads.append(grads[-1])
                 return GradPass(

@@ -268,8 +268,11 @@ def write_doc(
         "xaiscope always runs at its defaults (on a CPU, chunks of about 4 x 224 x 224 input "
         "pixels: 4 rows at 224 px, 16 at 112 px, 49 at 64 px, at least one per thread; "
         "forward-only passes run a copy of the module with batch norms folded into the "
-        "convolutions, in channels-last memory format, checked against the module on the "
-        "input; gradient passes run the module itself)."
+        "convolutions, in channels-last memory format, each convolution fused with the "
+        "activation and residual addition after it (oneDNN post-ops, prepacked weights), "
+        "checked against the module on the input; gradient passes run the module itself, "
+        "with a one-step backward through each convolution and its batch norm, and with a "
+        "channels-last input only where that was checked to give bit-identical gradients)."
     )
     add("- Checks (outputs are compared before times are reported):")
     add(
@@ -335,9 +338,9 @@ def write_doc(
         "runs with different seeds; two peer runs with different seeds): xaiscope agrees with "
         "the peer as well as the noisier of the two agrees with itself. "
         "The `raw forward passes` rows time the same number of perturbed images (built "
-        "beforehand) pushed through the user's module (not xaiscope's folded, channels-last "
-        "copy) in xaiscope's chunk size under `torch.inference_mode`: the cost of the forward "
-        "passes alone. The target is xaiscope within 1.15x of it; a ratio above 1 means "
+        "beforehand) pushed through the user's module (not xaiscope's folded, channels-last, "
+        "fused copy) in xaiscope's chunk size under `torch.inference_mode`: the cost of the "
+        "forward passes alone. The target is xaiscope within 1.15x of it; a ratio above 1 means "
         "xaiscope's forwards cost less than the module's own."
     )
     add("")

@@ -219,7 +219,8 @@ class ViewNet(nn.Module):
 def test_inference_copy_runs_channels_last_on_cpu():
     net = _randomize_bn(ConvBnNet())
     x = torch.randn(3, 3, 12, 12)
-    fast = inference_copy(net, x[:1])
+    # without the fused convolutions (tests/models/test_onednn_fusion.py)
+    fast = inference_copy(net, x[:1], fuse=False)
     assert isinstance(fast, ChannelsLastInput)
     convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
@@ -232,6 +233,7 @@ def test_inference_copy_runs_channels_last_on_cpu():
     # a conv net without batch norms still gets the channels-last copy
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
     plain(x)
+    assert isinstance(inference_copy(plain.eval(), x[:1], fuse=False), ChannelsLastInput)
     assert isinstance(inference_copy(plain.eval(), x[:1]), ChannelsLastInput)
     assert inference_copy(plain.eval(), x[:1], channels_last=False) is None
 
@@ -315,3 +317,44 @@ def test_gradient_passes_go_channels_last_only_where_bit_identical(effnet, chels
     assert view.grad_pass(torch.randn(2, 3, 8, 8), torch.tensor([0, 1])).input_grads is not None
     assert view._grad_layout is not None and not view._grad_layout[1]
     assert _hooks(view.module) == 0
+
+
+def test_conv_batchnorm_backward_in_one_step():
+    """Gradient passes run conv -> eval BN as one function whose backward folds the BN
+    scale into the transposed convolution; layers asked for still see their own output."""
+    net = _randomize_bn(ConvBnNet())
+    model = xs.wrap(net, input_size=12)
+    x = torch.randn(3, 3, 12, 12)
+    t = torch.tensor([0, 2, 3])
+    xr = x.clone().requires_grad_(True)
+    acts: dict[str, torch.Tensor] = {}
+    handles = [
+        getattr(net, n).register_forward_hook(
+            lambda _m, _i, o, n=n: acts.__setitem__(n, o.detach().clone())
+        )
+        for n in ("c1", "b1", "c3")
+    ]
+    try:
+        out = net(xr)
+    finally:
+        for h in handles:
+            h.remove()
+    (g,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), xr)
+    for layer in (None, "c1", "b1", "c3"):
+        gp = model.grad_pass(x, t, layer=layer)
+        assert model._grad_pairs is not None and len(model._grad_pairs[1]) == 3
+        assert torch.equal(gp.logits, out.detach())  # the native forward, bit for bit
+        assert gp.input_grads is not None
+        torch.testing.assert_close(gp.input_grads[0], g, rtol=1e-5, atol=1e-7)
+        if layer is not None:
+            # a hooked conv keeps its own forward: its output, not the batch norm's
+            assert torch.equal(gp.activation, acts[layer])
+        assert not any("forward" in vars(m) for m in net.modules())
+        assert _hooks(net) == 0
+    # the pairs follow the weights: a changed batch norm is picked up
+    with torch.no_grad():
+        net.b3.weight.mul_(2)
+    model.grad_pass(x, t)
+    w = model._grad_pairs[1][2][2]
+    scale = net.b3.weight / torch.sqrt(net.b3.running_var + net.b3.eps)
+    torch.testing.assert_close(w, net.c3.weight * scale.view(-1, 1, 1, 1))

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from xaiscope.models.onednn_fusion import fuse_convolutions
+
 #: Largest max |folded - original| / max |original| of the logits accepted on the probe.
 FOLD_RTOL = 1e-4
 
@@ -95,7 +97,7 @@ def conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> list[tuple[str, str
     return [(c, b) for c, b in pairs if convs.count(c) == 1]
 
 
-def _has_user_hooks(module: nn.Module) -> bool:
+def has_user_hooks(module: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
@@ -160,7 +162,11 @@ def _agrees(candidate: nn.Module, ref: torch.Tensor, probe: torch.Tensor) -> boo
 
 
 def inference_copy(
-    module: nn.Module, probe: torch.Tensor, *, channels_last: bool | None = None
+    module: nn.Module,
+    probe: torch.Tensor,
+    *,
+    channels_last: bool | None = None,
+    fuse: bool = True,
 ) -> nn.Module | None:
     """A copy of ``module`` (eval mode) for forward-only passes: every conv -> batch-norm
     pair folded and, on a CPU, weights and activations in channels-last memory format.
@@ -172,9 +178,11 @@ def inference_copy(
     would not run on a copy), or no candidate's output on ``probe`` is within
     :data:`FOLD_RTOL` of the original's (relative to its largest magnitude); a model whose
     code needs NCHW-contiguous tensors (``x.view`` after a convolution) falls back to the
-    folded copy alone.
+    folded copy alone. With ``fuse`` (and channels-last), the convolutions of the copy
+    also run fused with the activation and residual addition after them
+    (:mod:`.onednn_fusion`) where the network can be traced and the result agrees.
     """
-    if isinstance(module, torch.jit.ScriptModule) or _has_user_hooks(module):
+    if isinstance(module, torch.jit.ScriptModule) or has_user_hooks(module):
         return None
     if channels_last is None:
         channels_last = probe.device.type == "cpu"
@@ -191,6 +199,9 @@ def inference_copy(
         # converted in place (one copy of the weights in memory), and back if it fails
         fast = ChannelsLastInput(folded.to(memory_format=torch.channels_last))
         if _agrees(fast, ref, probe):
+            fused = fuse_convolutions(folded, probe) if fuse else None
+            if fused is not None and _agrees(ChannelsLastInput(fused), ref, probe):
+                return ChannelsLastInput(fused)
             return fast
         folded.to(memory_format=torch.contiguous_format)
     if pairs and _agrees(folded, ref, probe):

@@ -358,3 +358,19 @@ def test_conv_batchnorm_backward_in_one_step():
     w = model._grad_pairs[1][2][2]
     scale = net.b3.weight / torch.sqrt(net.b3.running_var + net.b3.eps)
     torch.testing.assert_close(w, net.c3.weight * scale.view(-1, 1, 1, 1))
+
+
+def test_user_hooks_see_only_the_real_passes():
+    """No probe forward (pairs, layout check) runs on a module that carries user hooks."""
+    net = _randomize_bn(ConvBnNet())
+    model = xs.wrap(net, input_size=12)
+    seen: list[int] = []
+    handle = net.b2.register_forward_hook(lambda _m, i, _o: seen.append(i[0].shape[0]))
+    try:
+        gp = model.grad_pass(torch.randn(3, 3, 12, 12), torch.tensor([0, 1, 2]))
+        gp2 = model.grad_pass(torch.randn(2, 3, 12, 12), torch.tensor([0, 1]))
+    finally:
+        handle.remove()
+    assert seen == [3, 2]  # the two passes, nothing else
+    assert gp.input_grads is not None and gp2.input_grads is not None
+    assert model._conv_batchnorm_pairs(torch.randn(1, 3, 12, 12)) != []  # hooks gone: pairs

@@ -418,7 +418,8 @@ class TorchModel(Model):
         Found once per module state with one forward of ``x[:1]`` (see
         :func:`~xaiscope.models.batchnorm_folding.conv_bn_pairs`).
         """
-        if self.scripted or x.ndim != 4 or x.shape[0] == 0:
+        # user hooks would see the probe forward; the plain backward is used instead
+        if self.scripted or x.ndim != 4 or x.shape[0] == 0 or has_user_hooks(self.module):
             return []
         key = module_fingerprint(self.module)
         if self._grad_pairs is None or self._grad_pairs[0] != key:
@@ -518,13 +519,18 @@ class TorchModel(Model):
             stack.enter_context(ctx)
         return stack
 
-    def _channels_last_grads(self, x: torch.Tensor) -> bool:
+    def _channels_last_grads(
+        self,
+        x: torch.Tensor,
+        pairs: Sequence[tuple[nn.Conv2d, nn.BatchNorm2d, torch.Tensor]] = (),
+    ) -> bool:
         """Whether gradient passes on ``x`` may run with a channels-last input.
 
         On a CPU a channels-last input makes oneDNN and the GEMM-based 1x1 convolutions skip
         layout reorders (about 13 % of a gradient pass of EfficientNet-Lite0). It is used
         only where it changes nothing: once per module state, the input gradient of one image
-        is computed in both layouts and must be bit-identical (the same kernels; the logits
+        is computed in both layouts (with the gradient pass's own backward, ``pairs`` from
+        :meth:`_conv_batchnorm_pairs`) and must be bit-identical (the same kernels; the logits
         may differ by float rounding, up to 1e-6 of their largest magnitude, as a global
         average pool sums in another order). Where the layouts pick different kernels
         (ResNet-50's 3x3 convolutions), float rounding moves ReLU units at their kinks and
@@ -552,7 +558,7 @@ class TorchModel(Model):
         results = []
         try:
             for xp in (probe, probe.contiguous(memory_format=torch.channels_last)):
-                with self._grad_contexts():
+                with self._grad_contexts(pairs=pairs):
                     xg = xp.clone(memory_format=torch.preserve_format).requires_grad_(True)
                     logits = self.module(xg)
                     (grad,) = torch.autograd.grad(logits.max(1).values.sum(), xg)
@@ -586,9 +592,9 @@ class TorchModel(Model):
         if guided:
             self._require_hooks("guided backpropagation")
         x = x.to(self.device)
-        if self._channels_last_grads(x):
-            x = x.contiguous(memory_format=torch.channels_last)
         pairs = self._conv_batchnorm_pairs(x)
+        if self._channels_last_grads(x, pairs):
+            x = x.contiguous(memory_format=torch.channels_last)
         captured: dict[str, torch.Tensor] = {}
         handle = None
         if layer is not None:

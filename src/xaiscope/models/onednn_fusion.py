@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-_ADD_TARGETS = (operator.add, torch.add, operator.iadd)
+# out-of-place adds only: replacing an in-place one would un-alias its other users
+_ADD_TARGETS = (operator.add, torch.add)
 
 
 def available() -> bool:

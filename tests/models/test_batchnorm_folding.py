@@ -371,6 +371,9 @@ def test_user_hooks_see_only_the_real_passes():
         gp2 = model.grad_pass(torch.randn(2, 3, 12, 12), torch.tensor([0, 1]))
     finally:
         handle.remove()
+    from xaiscope.models.batchnorm_folding import module_fingerprint
+
     assert seen == [3, 2]  # the two passes, nothing else
     assert gp.input_grads is not None and gp2.input_grads is not None
-    assert model._conv_batchnorm_pairs(torch.randn(1, 3, 12, 12)) != []  # hooks gone: pairs
+    # hooks gone: pairs
+    assert model._conv_batchnorm_pairs(torch.randn(1, 3, 12, 12), module_fingerprint(net)) != []

@@ -33,8 +33,9 @@ from xaiscope.models.onednn_fusion import fuse_convolutions
 FOLD_RTOL = 1e-4
 
 
-def _bn_replacement(bn: nn.Module) -> nn.Module | None:
-    """What is left of ``bn`` after folding: nothing, or timm's fused activation."""
+def batchnorm_tail(bn: nn.Module) -> nn.Module | None:
+    """What ``bn`` does after normalising (what is left of it after folding): nothing, or
+    timm's fused dropout and activation; ``None`` for any other batch-norm type."""
     if type(bn) is nn.BatchNorm2d:
         return nn.Identity()
     # timm's BatchNormAct2d: batch norm, then dropout and activation in the same module
@@ -51,7 +52,7 @@ def _foldable(bn: nn.Module) -> bool:
         and not bn.training
         and bn.running_mean is not None
         and bn.running_var is not None
-        and _bn_replacement(bn) is not None
+        and batchnorm_tail(bn) is not None
     )
 
 
@@ -139,7 +140,7 @@ def _folded_copy(module: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module:
             dtype = conv.weight.dtype
             conv.weight = nn.Parameter(w.to(dtype), requires_grad=False)
             conv.bias = nn.Parameter(b.to(dtype), requires_grad=False)
-            replacement = _bn_replacement(bn)
+            replacement = batchnorm_tail(bn)
             assert replacement is not None
             parent_name, _, attr = bn_name.rpartition(".")
             setattr(mods[parent_name] if parent_name else folded, attr, replacement)

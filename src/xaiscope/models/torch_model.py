@@ -23,6 +23,7 @@ from xaiscope.errors import ParameterError, TargetError, UnknownLayerError
 from xaiscope.models.base import GradPass, ImageInput, Model, layer_suggestions
 from xaiscope.models.base import images_to_tensor as images_to_tensor  # re-exported
 from xaiscope.models.batchnorm_folding import (
+    batchnorm_tail,
     conv_bn_pairs,
     has_user_hooks,
     inference_copy,
@@ -154,29 +155,15 @@ def _eval_bn_forward(m: nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Tensor
     """A replacement ``forward`` for an eval-mode BatchNorm2d (or timm's BatchNormAct2d)."""
     if m.training or m.running_mean is None or m.running_var is None or "forward" in vars(m):
         return None
+    tail = batchnorm_tail(m)
+    if tail is None:
+        return None
     mean, var = m.running_mean, m.running_var
 
     def bn(x: torch.Tensor) -> torch.Tensor:
-        return _EvalBatchNorm.apply(x, mean, var, m.weight, m.bias, m.eps)
+        return tail(_EvalBatchNorm.apply(x, mean, var, m.weight, m.bias, m.eps))
 
-    if type(m) is nn.BatchNorm2d:
-        return bn
-    if type(m).__name__ == "BatchNormAct2d":
-        drop, act = getattr(m, "drop", None), getattr(m, "act", None)
-        if isinstance(drop, nn.Module) and isinstance(act, nn.Module):
-            return lambda x: act(drop(bn(x)))
-    return None
-
-
-def _bn_passthrough(m: nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """What a batch norm does after its normalisation: nothing, or timm's activation."""
-    if type(m) is nn.BatchNorm2d:
-        return lambda x: x
-    if type(m).__name__ == "BatchNormAct2d":
-        drop, act = getattr(m, "drop", None), getattr(m, "act", None)
-        if isinstance(drop, nn.Module) and isinstance(act, nn.Module):
-            return lambda x: act(drop(x))
-    return None
+    return bn
 
 
 class TorchModel(Model):
@@ -411,18 +398,17 @@ class TorchModel(Model):
                 m.inplace = True
 
     def _conv_batchnorm_pairs(
-        self, x: torch.Tensor
+        self, x: torch.Tensor, state: tuple[Any, ...]
     ) -> list[tuple[nn.Conv2d, nn.BatchNorm2d, torch.Tensor]]:
         """(conv, batch norm, scaled weight) for every conv -> eval batch-norm pair.
 
-        Found once per module state with one forward of ``x[:1]`` (see
+        Found once per module ``state`` (its fingerprint) with one forward of ``x[:1]`` (see
         :func:`~xaiscope.models.batchnorm_folding.conv_bn_pairs`).
         """
         # user hooks would see the probe forward; the plain backward is used instead
         if self.scripted or x.ndim != 4 or x.shape[0] == 0 or has_user_hooks(self.module):
             return []
-        key = module_fingerprint(self.module)
-        if self._grad_pairs is None or self._grad_pairs[0] != key:
+        if self._grad_pairs is None or self._grad_pairs[0] != state:
             found = []
             for conv_name, bn_name in conv_bn_pairs(self.module, x[:1].detach()):
                 conv, bn = self._modules[conv_name], self._modules[bn_name]
@@ -432,7 +418,7 @@ class TorchModel(Model):
                     and _fusable_pair(conv, bn)
                 ):
                     found.append((conv, bn, _scaled_conv_weight(conv, bn)))
-            self._grad_pairs = (module_fingerprint(self.module), found)
+            self._grad_pairs = (state, found)
         return self._grad_pairs[1]
 
     @contextlib.contextmanager
@@ -449,7 +435,7 @@ class TorchModel(Model):
         patched: list[nn.Module] = []
         try:
             for conv, bn, w in pairs:
-                rest = _bn_passthrough(bn)
+                rest = batchnorm_tail(bn)
                 if rest is None or not _fusable_pair(conv, bn):
                     continue
 
@@ -465,7 +451,8 @@ class TorchModel(Model):
                 conv_module: nn.Module = conv
                 bn_module: nn.Module = bn
                 conv_module.forward = conv_bn
-                bn_module.forward = rest
+                # a function, not the module itself (that would register a child module)
+                bn_module.forward = rest.__call__
                 patched += [conv_module, bn_module]
             for m in self.module.modules():
                 fwd = _eval_bn_forward(m) if isinstance(m, nn.BatchNorm2d) else None
@@ -522,6 +509,7 @@ class TorchModel(Model):
     def _channels_last_grads(
         self,
         x: torch.Tensor,
+        state: tuple[Any, ...],
         pairs: Sequence[tuple[nn.Conv2d, nn.BatchNorm2d, torch.Tensor]] = (),
     ) -> bool:
         """Whether gradient passes on ``x`` may run with a channels-last input.
@@ -549,7 +537,7 @@ class TorchModel(Model):
         ):
             return False
         # kernels split work differently with more threads: the check holds for one count
-        key = (module_fingerprint(self.module), torch.get_num_threads())
+        key = (state, torch.get_num_threads())
         if self._grad_layout is not None and self._grad_layout[0] == key:
             return self._grad_layout[1]
         if x.shape[0] < 2 or not any(isinstance(m, nn.Conv2d) for m in self.module.modules()):
@@ -571,7 +559,7 @@ class TorchModel(Model):
             )
         except Exception:  # e.g. ``x.view`` on a channels-last activation: keep NCHW
             same = False
-        self._grad_layout = ((module_fingerprint(self.module), torch.get_num_threads()), same)
+        self._grad_layout = (key, same)
         return same
 
     def grad_pass(
@@ -592,8 +580,9 @@ class TorchModel(Model):
         if guided:
             self._require_hooks("guided backpropagation")
         x = x.to(self.device)
-        pairs = self._conv_batchnorm_pairs(x)
-        if self._channels_last_grads(x, pairs):
+        state = module_fingerprint(self.module)
+        pairs = self._conv_batchnorm_pairs(x, state)
+        if self._channels_last_grads(x, state, pairs):
             x = x.contiguous(memory_format=torch.channels_last)
         captured: dict[str, torch.Tensor] = {}
         handle = None

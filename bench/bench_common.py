@@ -98,6 +98,21 @@ class Timings:
         runs = self.runs[name]
         return (max(runs) - min(runs)) / statistics.median(runs)
 
+    def paired_ratio(self, peer: str, ours: str, cpu: bool = False) -> float:
+        """Median over rounds of peer time / ours time, each pair from the same round.
+
+        The rounds of :func:`time_interleaved` run every contender back to back, so a
+        slow phase of the machine that lasts a round or longer scales both times of a
+        pair alike and cancels in its ratio; a ratio of medians would keep it whenever
+        such phases fall unevenly on the two contenders' repeats. NaN when the two were
+        not timed in the same rounds.
+        """
+        src = self.cpu if cpu else self.runs
+        a, b = src.get(peer, []), src.get(ours, [])
+        if not a or len(a) != len(b):
+            return float("nan")
+        return statistics.median(p / o for p, o in zip(a, b, strict=True))
+
     def add(self, name: str, seconds: float, cpu: float) -> None:
         self.runs.setdefault(name, []).append(seconds)
         self.cpu.setdefault(name, []).append(cpu)
@@ -223,13 +238,20 @@ class Row:
     ours_cpu: float = float("nan")  # median process CPU seconds
     peer_cpu: float = float("nan")
     spread: float = 0.0  # largest (max - min) / median of the two contenders' repeats
+    # median of the per-round ratios (see Timings.paired_ratio); NaN: ratio of medians
+    paired: float = float("nan")
+    paired_cpu: float = float("nan")
 
     @property
     def ratio(self) -> float:
+        if self.paired == self.paired:
+            return self.paired
         return self.peer_s / self.ours_s
 
     @property
     def ratio_cpu(self) -> float:
+        if self.paired_cpu == self.paired_cpu:
+            return self.paired_cpu
         return self.peer_cpu / self.ours_cpu
 
     @property
@@ -264,5 +286,7 @@ def make_row(
         ours_cpu=timings.median_cpu(ours),
         peer_cpu=timings.median_cpu(peer_key),
         spread=max(timings.spread(ours), timings.spread(peer_key)),
+        paired=timings.paired_ratio(peer_key, ours),
+        paired_cpu=timings.paired_ratio(peer_key, ours, cpu=True),
         **kw,
     )

@@ -52,7 +52,7 @@ FULL: dict[str, dict[str, Any]] = {
             "scorecam": {"n": 1, "sweep": [16, 64]},
             "ablationcam": {"n": 1},
             "eigencam": {"n": 8},
-            "lime": {"n_samples": 300, "n_segments": 50, "sweep": [10, 50]},
+            "lime": {"n_samples": 300, "n_segments": 50, "sweep": [10, 50], "repeats": 3},
             "repeats": 1,
         },
     },
@@ -72,7 +72,7 @@ FULL: dict[str, dict[str, Any]] = {
             "scorecam": {"n": 1, "sweep": [16]},
             "ablationcam": {"n": 1},
             "eigencam": {"n": 8},
-            "lime": {"n_samples": 300, "n_segments": 50, "sweep": [10, 50]},
+            "lime": {"n_samples": 300, "n_segments": 50, "sweep": [10, 50], "repeats": 3},
             "repeats": 1,
         },
     },
@@ -195,7 +195,16 @@ def run(config: dict[str, dict[str, Any]], models: list[str], only: set[str] | N
         case("ablationcam", bench_ablationcam, pinp, p["ablationcam"]["n"], preps, log)
         case("eigencam", bench_eigencam, pinp, p["eigencam"]["n"], reps, log)
         s = p["lime"]
-        case("lime", bench_lime_shap, pinp, s["n_samples"], s["n_segments"], preps, s["sweep"], log)
+        case(
+            "lime",
+            bench_lime_shap,
+            pinp,
+            s["n_samples"],
+            s["n_segments"],
+            s.get("repeats", preps),
+            s["sweep"],
+            log,
+        )
     return rows
 
 
@@ -256,11 +265,13 @@ def write_doc(
         "- Each contender: an untimed warm-up call (or sweep call) first, then the repeats, "
         "interleaved across contenders "
         "(A B C, B C A, ...) so that a busy moment of the machine hits all alike; the table shows "
-        "the median. Ratio = peer time / xaiscope time (above 1: xaiscope is faster); the "
-        "targets are judged on it. The CPU-time ratio (process CPU seconds, same medians) is shown "
-        "beside it because the machine may be shared: with one torch thread it is much less "
-        "sensitive to other processes than wall time (they still compete for caches and memory "
-        "bandwidth)."
+        "the median times. Ratio = peer time / xaiscope time (above 1: xaiscope is faster), "
+        "taken per round (the two calls of a pair ran back to back, so a slow phase of the "
+        "machine that lasts a round scales both) and then the median over the rounds; with one "
+        "round it is the plain ratio. The targets are judged on it. The CPU-time ratio (process "
+        "CPU seconds, paired the same way) is shown beside it because the machine may be shared: "
+        "with one torch thread it is much less sensitive to other processes than wall time (they "
+        "still compete for caches and memory bandwidth)."
     )
     add(
         "- Peers run at their defaults and, where they have a batch-size setting, at the best "
@@ -367,7 +378,8 @@ def write_doc(
             f"Eigen-CAM {p['eigencam']['n']} images; LIME and KernelSHAP 1 image, "
             f"{p['lime']['n_samples']} samples, ~{p['lime']['n_segments']} superpixels; "
             f"{p['repeats']} timed repeat(s) after a warm-up (occlusion and Eigen-CAM: "
-            f"{cfg['repeats']}); pytorch-grad-cam's Score-CAM and Ablation-CAM are timed once, "
+            f"{cfg['repeats']}; LIME and KernelSHAP: {p['lime'].get('repeats', p['repeats'])}); "
+            "pytorch-grad-cam's Score-CAM and Ablation-CAM are timed once, "
             "on a warm model, without a separate warm-up call."
         )
     add("")
@@ -464,11 +476,10 @@ def _notes(rows: list[Row]) -> list[str]:
     )
     if any(r.method == "saliency" for r in rows):
         out.append(
-            "- Saliency is one forward and one backward on both sides, but `xs.explain` also "
-            "runs the inference forward that resolves the target (`top1`) before its gradient "
-            "pass, so it pays about one forward more than a Captum call given the classes. The "
-            "row marked (info) times Captum doing the same job end to end (find the top-1 class, "
-            "then attribute)."
+            "- Saliency is one forward and one backward on both sides: `xs.explain` picks the "
+            "top-1 class from its gradient pass's own logits, while Captum has to be given the "
+            "classes. The row marked (info) times Captum doing the same job end to end (a "
+            "forward to find the top-1 class, then attribute)."
         )
     grad = [r for r in rows if r.method in ("smoothgrad", "integrated_gradients") and not r.note]
     if grad:
@@ -481,8 +492,9 @@ def _notes(rows: list[Row]) -> list[str]:
             "- SmoothGrad and integrated gradients cost one forward and one backward per sample "
             "or step on both sides. xaiscope's passes are cheaper (in-place ReLU6 run out of "
             "place, which spares autograd a copy; eval-mode batch norms back-propagate with one "
-            "multiply: about 15 % of a pass of EfficientNet-Lite0, a few % of ResNet-50, which is "
-            "almost all convolution), and it adds the target-resolving forward. Integrated "
+            "multiply, or inside the transposed convolution before them: about 15 % of a pass of "
+            "EfficientNet-Lite0, 5-7 % of ResNet-50, which is almost all convolution, the same "
+            "kernels on both sides), and it adds the target-resolving forward. Integrated "
             "gradients always returns the completeness gap `delta`, so the strict rows give "
             "Captum `return_convergence_delta=True` (a forward of the images and of the "
             "baselines; xaiscope takes f(x) from its target-resolving forward and runs one of the "

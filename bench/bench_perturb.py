@@ -28,6 +28,35 @@ import xaiscope as xs
 from bench_common import Inputs, Row, make_row, rel_max_err, spearman, time_interleaved
 from xaiscope.batching import default_batch_size
 
+#: per model: the arithmetic behind the LIME rows (see :func:`forward_compute`)
+FORWARD_COMPUTE: dict[str, dict[str, float]] = {}
+
+
+def forward_compute(module: torch.nn.Module, x: torch.Tensor) -> float:
+    """GFLOP of one forward of one image ``x`` (1, C, H, W), as torch's FLOP counter counts
+    them (a multiply-add is 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(x)
+    return counter.get_total_flops() / 1e9
+
+
+def sgemm_rate() -> float:
+    """GFLOP/s of a large float32 matrix product on this machine (best of 5): about the
+    most a convolution can get out of the core."""
+    import time
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048**3 / best / 1e9
+
 
 def _top1(inp: Inputs, n: int) -> torch.Tensor:
     return inp.top[:n, 0].clone()
@@ -345,6 +374,14 @@ def bench_lime_shap(
             r > 0.9 or r >= min(floor, peer_floor) - 0.05,
         )
 
+    gflop = forward_compute(m.module, x)
+    FORWARD_COMPUTE[inp.name] = {
+        "gflop": gflop,
+        "ours": n_samples * gflop / timings.median("ours_lime"),
+        "raw": n_samples * gflop / timings.median("raw"),
+        "lime": n_samples * gflop / min(timings.median(f"lime_{b}") for b in sweep),
+        "sgemm": sgemm_rate(),
+    }
     rows = []
     work = f"1 image, top-1, {n_samples} samples, {n_seg} SLIC superpixels, mean-colour fill"
     for method, key, peer_prefix, peer_name, floor, ours_v in (

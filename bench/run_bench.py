@@ -503,6 +503,41 @@ def _notes(rows: list[Row]) -> list[str]:
             "everything, xaiscope's chunks are faster wherever a large batch outgrows the CPU "
             "caches."
         )
+    import re
+
+    from bench_perturb import FORWARD_COMPUTE
+
+    for r in rows:
+        hit = re.search(r"forwards: xaiscope (\d+), pytorch-grad-cam (\d+)", r.check)
+        if r.method == "scorecam" and hit:
+            ours_f, peer_f = int(hit.group(1)), int(hit.group(2))
+            title = MODEL_TITLES.get(r.model, r.model)
+            out.append(
+                f"- Score-CAM on {title}: {1 - ours_f / peer_f:.0%} of "
+                f"the channels at `{r.workload.split('layer ')[-1]}` are constant for this image "
+                f"and need no forward ({peer_f - ours_f} of {peer_f}); the rest of the "
+                f"{r.ratio:.2f}x is the cost of each forward (batch norms folded, channels-last, "
+                "fused convolutions)."
+                + (
+                    " The target's 2x counts on about half of a ReLU layer's channels being "
+                    "all zero for an image, as in a trained network; with random weights few "
+                    "are."
+                    if "random weights" in title
+                    else ""
+                )
+            )
+    for model, c in FORWARD_COMPUTE.items():
+        out.append(
+            f"- LIME forwards on {MODEL_TITLES.get(model, model)}: {c['gflop']:.2f} GFLOP per "
+            f"perturbed image (torch's FLOP counter). Per second: xaiscope's LIME call "
+            f"{c['ours']:.0f} GFLOP/s (everything included), LimeImageExplainer "
+            f"{c['lime']:.0f}, the module's own forwards {c['raw']:.0f}; a large float32 "
+            f"matrix product on this core runs at {c['sgemm']:.0f}. Where the forwards already "
+            "run near the matrix-product rate (compute-bound convolutions), LIME at the same "
+            "number of samples cannot be much faster than the peer's forwards themselves: the "
+            "lead over LimeImageExplainer is then the lead of xaiscope's forward copy over the "
+            "peer's predict function plus the peer's own overhead."
+        )
     out.append(
         "- CAMs: xaiscope runs one forward for all five methods and back-propagates only from "
         "each target score to the CAM layer (the short suffix of the network), with parameters "

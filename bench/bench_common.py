@@ -8,6 +8,7 @@ which is bit-for-bit the tensor xaiscope builds internally.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -244,13 +245,13 @@ class Row:
 
     @property
     def ratio(self) -> float:
-        if self.paired == self.paired:
+        if not math.isnan(self.paired):
             return self.paired
         return self.peer_s / self.ours_s
 
     @property
     def ratio_cpu(self) -> float:
-        if self.paired_cpu == self.paired_cpu:
+        if not math.isnan(self.paired_cpu):
             return self.paired_cpu
         return self.peer_cpu / self.ours_cpu
 

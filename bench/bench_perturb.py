@@ -31,6 +31,8 @@ from xaiscope.batching import default_batch_size
 
 #: per model: the arithmetic behind the LIME rows (see :func:`forward_compute`)
 FORWARD_COMPUTE: dict[str, dict[str, float]] = {}
+#: per model: (layer, forwards xaiscope ran, forwards pytorch-grad-cam ran) for Score-CAM
+SCORECAM_FORWARDS: dict[str, tuple[str, int, int]] = {}
 
 
 def forward_compute(module: torch.nn.Module, x: torch.Tensor) -> float:
@@ -171,6 +173,7 @@ def bench_scorecam(
     rho = min(spearman(ours_scaled[i], theirs[i]) for i in range(n))
     channels = int(m.activations(x[:1], layer_name).shape[1])
     forwards = int(e.extras["forwards"])
+    SCORECAM_FORWARDS[inp.name] = (layer_name, forwards, n * channels)
     check = (
         f"Spearman {rho:.4f}, normalised maps max abs diff {diff:.1e}; forwards: xaiscope "
         f"{forwards}, pytorch-grad-cam {n * channels} ({channels} channels per image)"

@@ -26,6 +26,8 @@ from bench_cam import bench_cams  # noqa: E402
 from bench_common import Row, loadavg, machine_info, make_inputs, quiet  # noqa: E402
 from bench_gradient import bench_ig, bench_saliency, bench_smoothgrad  # noqa: E402
 from bench_perturb import (  # noqa: E402
+    FORWARD_COMPUTE,
+    SCORECAM_FORWARDS,
     bench_ablationcam,
     bench_eigencam,
     bench_lime_shap,
@@ -503,29 +505,23 @@ def _notes(rows: list[Row]) -> list[str]:
             "everything, xaiscope's chunks are faster wherever a large batch outgrows the CPU "
             "caches."
         )
-    import re
-
-    from bench_perturb import FORWARD_COMPUTE
-
     for r in rows:
-        hit = re.search(r"forwards: xaiscope (\d+), pytorch-grad-cam (\d+)", r.check)
-        if r.method == "scorecam" and hit:
-            ours_f, peer_f = int(hit.group(1)), int(hit.group(2))
-            title = MODEL_TITLES.get(r.model, r.model)
-            out.append(
-                f"- Score-CAM on {title}: {1 - ours_f / peer_f:.0%} of "
-                f"the channels at `{r.workload.split('layer ')[-1]}` are constant for this image "
-                f"and need no forward ({peer_f - ours_f} of {peer_f}); the rest of the "
-                f"{r.ratio:.2f}x is the cost of each forward (batch norms folded, channels-last, "
-                "fused convolutions)."
-                + (
-                    " The target's 2x counts on about half of a ReLU layer's channels being "
-                    "all zero for an image, as in a trained network; with random weights few "
-                    "are."
-                    if "random weights" in title
-                    else ""
-                )
+        if r.method != "scorecam" or r.model not in SCORECAM_FORWARDS:
+            continue
+        layer, ours_f, peer_f = SCORECAM_FORWARDS[r.model]
+        title = MODEL_TITLES.get(r.model, r.model)
+        out.append(
+            f"- Score-CAM on {title}: {1 - ours_f / peer_f:.0%} of the channels at `{layer}` "
+            f"are constant for this image and need no forward ({peer_f - ours_f} of {peer_f}); "
+            f"the rest of the {r.ratio:.2f}x is the cost of each forward (batch norms folded, "
+            "channels-last, fused convolutions)."
+            + (
+                " The target's 2x counts on about half of a ReLU layer's channels being all "
+                "zero for an image, as in a trained network; with random weights few are."
+                if "random weights" in title
+                else ""
             )
+        )
     for model, c in FORWARD_COMPUTE.items():
         out.append(
             f"- LIME forwards on {MODEL_TITLES.get(model, model)}: {c['gflop']:.2f} GFLOP per "

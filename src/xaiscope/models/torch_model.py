@@ -29,6 +29,7 @@ from xaiscope.models.batchnorm_folding import (
     inference_copy,
     module_fingerprint,
 )
+from xaiscope.models.pointwise_grads import pointwise_input_grad
 
 _UNSET = object()
 
@@ -96,7 +97,8 @@ class _EvalConvBatchNorm(torch.autograd.Function):
     batch norm's per-channel scale folded into the weights, instead of a multiply over the
     whole gradient and then the transposed convolution (about 4 % of a gradient pass of
     ResNet-50). The input gradient differs from the two-step one by float rounding only:
-    the forward, and so every ReLU's kink, is the module's own.
+    the forward, and so every ReLU's kink, is the module's own. 1x1 convolutions on small
+    or strided maps back-propagate as matrix products (:mod:`.pointwise_grads`).
     """
 
     @staticmethod
@@ -121,6 +123,9 @@ class _EvalConvBatchNorm(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w = ctx.saved_tensors
         conv = ctx.conv
+        gx = pointwise_input_grad(grad, x, w, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if gx is not None:
+            return gx, None, None, None
         gx = torch.ops.aten.convolution_backward(
             grad, x, w, None, list(conv.stride), list(conv.padding), list(conv.dilation),
             False, [0] * len(conv.stride), conv.groups, [True, False, False],

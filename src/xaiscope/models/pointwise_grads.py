@@ -6,7 +6,7 @@ large maps but thin on small ones (ResNet-50's ``layer4``, 7x7: 32-38 GFLOP/s on
 here), and for a strided 1x1 convolution (ResNet's downsampling shortcuts) goes through a
 column buffer and layout copies (18-32 GFLOP/s). Here small maps are laid side by side
 into one product over the batch (52-64 GFLOP/s), and strided convolutions multiply at the
-output resolution and scatter into every s-th pixel (44-53 GFLOP/s): about 6 % of a
+output resolution and scatter into every s-th pixel (44-53 GFLOP/s): 2-7 % of a
 ResNet-50 gradient pass at 224 px. On large stride-1 maps torch's backward is kept.
 
 The stride-1 products are bit-identical to torch's backward on the MKL build here, the

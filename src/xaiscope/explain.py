@@ -292,8 +292,11 @@ def _check_finite(logits: torch.Tensor) -> None:
 
 
 def _map_warnings(out: MethodOutput) -> list[str]:
-    """Flag maps that carry no information instead of returning them silently."""
-    notes = list(out.extras.pop("warnings", []) or [])
+    """The method's notes as ``"image i: ..."``, and maps that carry no information flagged
+    instead of returned silently."""
+    notes = [text if row is None else f"image {row}: {text}" for row, text in out.warnings]
+    # a method registered elsewhere may still leave plain strings in its extras
+    notes += [str(v) for v in out.extras.pop("warnings", []) or []]
     m = out.map.detach().float().flatten(1)
     for i in range(m.shape[0]):
         if not bool(torch.isfinite(m[i]).all()):
@@ -408,6 +411,12 @@ def _run_method(
                 else v
                 for key, v in out.extras.items()
             },
+            # each target set keeps the notes of its own rows, numbered as the images are
+            warnings=[
+                (None if row is None else row - k * n, text)
+                for row, text in out.warnings
+                if row is None or k * n <= row < (k + 1) * n
+            ],
         )
         for k in range(k_sets)
     ]

@@ -313,6 +313,21 @@ def test_degenerate_inputs_are_flagged(method):
     assert clean.warnings == []
 
 
+@pytest.mark.parametrize("method", ["lime", "kernelshap"])
+def test_warnings_name_the_image_in_every_target_set(method):
+    # targets are stacked as rows k * N + i: each explanation must keep only its own rows'
+    # notes, numbered as the images are
+    model = identity_wrap(CellGame(), size=16)
+    images = [smooth_image(16), np.full((16, 16, 3), 90, np.uint8)]
+    kw = {"segmentation": "grid", "n_segments": 4, "n_samples": 40, "fill": 0.0}
+    exps = xs.explain(model, images, method=method, target="top2", **kw)
+    assert len(exps) == 2
+    for e in exps:
+        assert e.warnings, e.targets
+        assert all(w.startswith("image 1: ") for w in e.warnings), e.warnings
+        assert any("the image is constant" in w for w in e.warnings)
+
+
 class NaNWhenBlack(nn.Module):
     """Finite on the image, NaN as soon as any pixel is exactly 0 (a hidden superpixel)."""
 

@@ -260,35 +260,41 @@ def degenerate_warnings(
     n_samples: int | None,
     *,
     name: str,
-) -> list[str]:
-    """Messages for inputs that cannot give a meaningful map (flagged, not hidden)."""
-    notes = []
+) -> list[tuple[int | None, str]]:
+    """(row, message) for inputs that cannot give a meaningful map (flagged, not hidden)."""
+    notes: list[tuple[int | None, str]] = []
     counts = segment_counts(segments).tolist()
     span = (ctx.images01.flatten(1).amax(1) - ctx.images01.flatten(1).amin(1)).tolist()
     changed = (ctx.images01 - fill).abs().flatten(1).amax(1).tolist()
     for i, m in enumerate(counts):
         if m == 1:
             notes.append(
-                f"image {i}: the segmentation has a single superpixel, so the {name} map is "
-                "constant; use more n_segments or another segmentation"
+                (
+                    i,
+                    f"the segmentation has a single superpixel, so the {name} map is "
+                    "constant; use more n_segments or another segmentation",
+                )
             )
         elif n_samples is not None and n_samples < m:
             notes.append(
-                f"image {i}: n_samples={n_samples} is smaller than the number of superpixels "
-                f"({m}): the {name} fit is under-determined and its weights are unreliable; "
-                f"use n_samples >= {10 * m}"
+                (
+                    i,
+                    f"n_samples={n_samples} is smaller than the number of superpixels ({m}): "
+                    f"the {name} fit is under-determined and its weights are unreliable; "
+                    f"use n_samples >= {10 * m}",
+                )
             )
         if span[i] == 0:
-            notes.append(f"image {i}: the image is constant: no superpixel can matter")
+            notes.append((i, "the image is constant: no superpixel can matter"))
         elif changed[i] == 0:
-            notes.append(
-                f"image {i}: the fill equals the image, so hiding superpixels changes nothing"
-            )
+            notes.append((i, "the fill equals the image, so hiding superpixels changes nothing"))
     return notes
 
 
-def flat_score_warnings(scores: torch.Tensor, rows: torch.Tensor, n: int, name: str) -> list[str]:
-    """Flag images whose perturbed scores are all equal: every weight is then 0."""
+def flat_score_warnings(
+    scores: torch.Tensor, rows: torch.Tensor, n: int, name: str
+) -> list[tuple[int | None, str]]:
+    """(row, message) for images whose perturbed scores are all equal: every weight is 0."""
     lo = torch.full((n,), float("inf"), device=scores.device).scatter_reduce(
         0, rows.to(scores.device), scores, "amin"
     )
@@ -297,8 +303,11 @@ def flat_score_warnings(scores: torch.Tensor, rows: torch.Tensor, n: int, name: 
     )
     flat = (hi - lo <= 1e-7 * hi.abs().clamp(min=1.0)).tolist()
     return [
-        f"image {i}: the model's score is the same for every perturbation, so every "
-        f"{name} weight is 0 (constant image, or a fill equal to the image?)"
+        (
+            i,
+            f"the model's score is the same for every perturbation, so every {name} weight "
+            "is 0 (constant image, or a fill equal to the image?)",
+        )
         for i, f in enumerate(flat)
         if f
     ]

@@ -113,16 +113,14 @@ def ablationcam(ctx: MethodContext) -> MethodOutput:
     drop = y[:, None] - ablated
     zero = y == 0
     weights = drop / torch.where(zero, torch.ones_like(y), y)[:, None]
-    warnings = []
-    if bool(zero.any()):
-        bad = zero.nonzero()[:, 0].tolist()
-        warnings.append(
-            f"image(s) {bad}: target score is 0, Ablation-CAM weights are the unnormalised "
-            "score drops y - y_k"
-        )
+    warnings: list[tuple[int | None, str]] = [
+        (i, "target score is 0, Ablation-CAM weights are the unnormalised score drops y - y_k")
+        for i in zero.nonzero()[:, 0].tolist()
+    ]
     cam = torch.einsum("nc,nchw->nhw", weights, a).clamp_(min=0)
     return MethodOutput(
         raw=cam,
         map=cam,
-        extras={"forwards": int(pairs.shape[0]), "warnings": warnings},
+        extras={"forwards": int(pairs.shape[0])},
+        warnings=warnings,
     )

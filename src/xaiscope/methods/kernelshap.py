@@ -241,6 +241,4 @@ def kernelshap(
         "fx": fx.float(),
         "exact": torch.tensor(exact, device=device),
     }
-    if notes:
-        extras["warnings"] = notes
-    return MethodOutput(raw=raw, map=map_, delta=delta.float(), extras=extras)
+    return MethodOutput(raw=raw, map=map_, delta=delta.float(), extras=extras, warnings=notes)

@@ -144,6 +144,4 @@ def lime(
         "intercept": intercept.float(),
         "score": r2.float(),
     }
-    if notes:
-        extras["warnings"] = notes
-    return MethodOutput(raw=raw, map=map_, extras=extras)
+    return MethodOutput(raw=raw, map=map_, extras=extras, warnings=notes)

@@ -29,12 +29,16 @@ class MethodOutput:
     (N, h, w) at layer resolution for CAMs). ``map``: (N, h, w) single-channel map at any
     resolution, resized to each image by :func:`xaiscope.explain`. ``delta``: (N,)
     completeness gap, where the method defines one. ``extras``: anything else worth keeping.
+    ``warnings``: ``(row, message)`` for maps that are degenerate or unreliable, ``row``
+    the batch row the message is about (None: all of them); :func:`xaiscope.explain`
+    hands each explanation the messages of its own rows, as ``"image i: message"``.
     """
 
     raw: torch.Tensor
     map: torch.Tensor
     delta: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    warnings: list[tuple[int | None, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -396,6 +396,45 @@ def test_constant_image_is_finite_and_flagged(small32, method):
     assert np.isfinite(e.maps).all()
     if float(np.ptp(e.maps)) == 0:
         assert e.warnings and "constant" in e.warnings[0]
+    if method == "rise":
+        # masks blend with a black fill: every masked image is black too and the score
+        # never moves, whatever the map shows
+        assert any("same" in w for w in e.warnings), e.warnings
+
+
+class Blind(nn.Module):
+    """Logits that ignore the input: no explanation can find anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        nn.init.zeros_(self.fc.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", ["rise", "scorecam"])
+def test_input_blind_model_is_flagged(method):
+    model = identity_wrap(Blind())
+    images = rand_images(2)
+    params = {"n_masks": 200} if method == "rise" else {}
+    exps = xs.explain(model, images, method=method, layer="conv", target="top2", **params)
+    for e in exps:
+        flagged = [w for w in e.warnings if "same" in w]
+        assert [w.split(":")[0] for w in flagged] == ["image 0", "image 1"], e.warnings
+    # a model that looks at its input is not flagged
+    clean = xs.explain(identity_wrap(SmallCNN()), images, method=method, **params)
+    assert not any("same" in w for w in clean.warnings), clean.warnings
+
+
+def test_rise_flags_too_few_masks():
+    model = identity_wrap(SmallCNN())
+    few = xs.explain(model, rand_images(1), method="rise", n_masks=8, seed=0)
+    assert any("n_masks=8" in w for w in few.warnings)
+    enough = xs.explain(model, rand_images(1), method="rise", n_masks=100, seed=0)
+    assert not any("n_masks" in w for w in enough.warnings)
 
 
 def test_nan_model_is_an_error():

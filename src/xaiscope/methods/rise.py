@@ -20,7 +20,8 @@ Shapes: ``raw`` (N, C, H, W) in model-input space (the map repeated over channel
 (N, H, W). Cost: ``n_masks`` forwards per distinct image (its target sets share them).
 Limits: a Monte-Carlo estimate, whose noise falls as 1 / sqrt(n_masks); the paper uses
 4000 to 8000 masks for ImageNet models, the default 1000 is a CPU-friendly compromise
-(raise it for publication-quality maps).
+(raise it for publication-quality maps). Fewer than ``FEW_MASKS`` masks, and scores that
+do not move under any mask, are flagged in the explanation's ``warnings``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from xaiscope.batching import run_batched
 from xaiscope.errors import ParameterError
 from xaiscope.methods._perturb import fill_image, image_groups
 from xaiscope.methods.registry import MethodContext, MethodOutput, register
+
+
+#: Fewer masks than this are flagged: the map is then mostly the masks' sampling noise.
+FEW_MASKS = 100
 
 
 def rise_masks(
@@ -116,6 +121,9 @@ def rise(
     read = groups.member_targets(ctx.targets.to(dev))  # (U, K)
     # one map per (distinct image, target of it): target sets share the masked forwards
     sums = torch.zeros(groups.size, read.shape[1], height, width, device=dev)
+    # the range of each (image, target) score over the masks, to flag scores that never move
+    lo = torch.full((groups.size, read.shape[1]), float("inf"), device=dev)
+    hi = torch.full((groups.size, read.shape[1]), float("-inf"), device=dev)
 
     def step(start: int, stop: int) -> None:
         # row r of the flat (distinct image, mask) grid: image r // m, mask r % m
@@ -129,13 +137,37 @@ def rise(
             out = ctx.model.probabilities(out)
         f = out.float().gather(1, read[grp].to(out.device)).to(dev)  # (b, K)
         sums.index_add_(0, grp, f[:, :, None, None] * masks.float())
+        where = grp[:, None].expand_as(f)
+        lo.scatter_reduce_(0, where, f, "amin")
+        hi.scatter_reduce_(0, where, f, "amax")
 
     run_batched(step, groups.size * m, ctx.batch_size, desc="rise", progress=ctx.progress)
     saliency = sums[groups.inverse, groups.position]  # (N, H, W)
     saliency /= m * p
     raw = saliency[:, None].expand(-1, ctx.x.shape[1], -1, -1).contiguous()
+    notes: list[tuple[int | None, str]] = []
+    if m < FEW_MASKS:
+        notes.append(
+            (
+                None,
+                f"n_masks={m}: a Monte-Carlo estimate from so few masks is mostly sampling "
+                f"noise; use n_masks >= {FEW_MASKS} (the paper uses 4000 to 8000)",
+            )
+        )
+    lo_n, hi_n = lo[groups.inverse, groups.position], hi[groups.inverse, groups.position]
+    flat = (hi_n - lo_n <= 1e-7 * hi_n.abs().clamp(min=1.0)).tolist()
+    notes += [
+        (
+            i,
+            "the model's score is the same under every mask, so the RISE map shows only the "
+            "masks' sampling noise (constant image, or a fill equal to the image?)",
+        )
+        for i, same in enumerate(flat)
+        if same
+    ]
     return MethodOutput(
         raw=raw,
         map=saliency,
         extras={"grid": (s_h, s_w), "cell": cell_hw, "n_masks": m, "p": p},
+        warnings=notes,
     )

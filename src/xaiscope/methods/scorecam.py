@@ -26,7 +26,7 @@ at once. Shapes: ``raw`` and ``map`` (N, h, w) at the layer's resolution, after 
 Cost: F per distinct non-constant channel of each distinct image, plus one; the target
 sets of one image (``targets="top3"``) share them. Limits: as coarse as the layer; with
 many channels of similar score the softmax is nearly uniform and the map tends to the
-channel sum.
+channel sum (flagged in ``warnings`` where every channel scores the same).
 """
 
 from __future__ import annotations
@@ -151,4 +151,18 @@ def scorecam(ctx: MethodContext) -> MethodOutput:
     per_row = torch.where(src == rows, zero_scores[:, None], per_row)
     weights = torch.softmax(per_row, dim=1)
     cam = torch.einsum("nc,nchw->nhw", weights, a[groups.inverse]).clamp_(min=0)
-    return MethodOutput(raw=cam, map=cam, extras={"forwards": rows + int(has_const)})
+    lo, hi = per_row.amin(1), per_row.amax(1)
+    flat = (hi - lo <= 1e-7 * hi.abs().clamp(min=1.0)).tolist()
+    notes: list[tuple[int | None, str]] = [
+        (
+            i,
+            "every channel's mask gives the same target score, so the weights are uniform "
+            "and the map is the plain mean of the layer's channels: it says nothing about "
+            "the target class",
+        )
+        for i, same in enumerate(flat)
+        if same and c > 1
+    ]
+    return MethodOutput(
+        raw=cam, map=cam, extras={"forwards": rows + int(has_const)}, warnings=notes
+    )

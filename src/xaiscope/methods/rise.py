@@ -37,7 +37,6 @@ from xaiscope.errors import ParameterError
 from xaiscope.methods._perturb import fill_image, image_groups
 from xaiscope.methods.registry import MethodContext, MethodOutput, register
 
-
 #: Fewer masks than this are flagged: the map is then mostly the masks' sampling noise.
 FEW_MASKS = 100
 

@@ -292,6 +292,19 @@ def test_seed_makes_runs_identical(method):
     assert not np.array_equal(a.maps, c.maps)
 
 
+@pytest.mark.parametrize("method", ["lime", "kernelshap"])
+def test_map_of_an_image_does_not_depend_on_the_rest_of_the_batch(method):
+    # the other image has more superpixels and draws first: neither may change the draws
+    # (12 superpixels: sampled, not enumerated, by kernelshap)
+    model = identity_wrap(CellGame(), size=16)
+    image, other = smooth_image(16, seed=1), smooth_image(16, seed=2)
+    kw = {"n_samples": 60, "fill": 0.0, "seed": 3}
+    seg = np.stack([grid_segments(16, 16, 16), grid_segments(16, 16, 12)])
+    alone = xs.explain(model, image, method=method, segmentation=seg[1], **kw)
+    both = xs.explain(model, [other, image], method=method, segmentation=seg, **kw)
+    np.testing.assert_allclose(both.maps[1], alone.maps[0], rtol=1e-5, atol=1e-7)
+
+
 # ------------------------------------------------------------------------------ degenerate
 @pytest.mark.parametrize("method", ["lime", "kernelshap"])
 def test_degenerate_inputs_are_flagged(method):

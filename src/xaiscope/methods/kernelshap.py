@@ -188,7 +188,8 @@ def kernelshap(
     counts = segment_counts(segments).tolist()
     m_max = max(counts)
     fill_pix = superpixel_fill(ctx, segments, fill)
-    gen = ctx.generator()
+    # each image draws from the seed alone, so its values do not depend on the other images
+    fresh = ctx.image_generators()
 
     # coalitions of every image, stacked: row 0 of each block is v(0), the baseline
     blocks, kernel_w, exact = [], [], []
@@ -200,7 +201,7 @@ def kernelshap(
         elif full:
             z, w = all_coalitions(m, device)
         else:
-            z, w = sampled_coalitions(m, n_samples, gen, device)
+            z, w = sampled_coalitions(m, n_samples, fresh(), device)
         z = torch.cat([torch.zeros(1, m, dtype=torch.uint8, device=device), z])
         blocks.append(torch.nn.functional.pad(z, (0, m_max - m)))
         kernel_w.append(w)

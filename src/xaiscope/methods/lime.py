@@ -113,8 +113,12 @@ def lime(
     fill_pix = superpixel_fill(ctx, segments, fill)
     notes = degenerate_warnings(ctx, segments, fill_pix, n_samples, name="lime")
 
-    # as lime_image.data_labels: every superpixel on with probability 1/2, first row all on
-    z = torch.randint(0, 2, (n, n_samples, m_max), generator=ctx.generator(), device=device)
+    # as lime_image.data_labels: every superpixel on with probability 1/2, first row all on;
+    # each image draws from the seed alone, so its map does not depend on the other images
+    fresh = ctx.image_generators()
+    z = torch.zeros((n, n_samples, m_max), dtype=torch.int64, device=device)
+    for i, m in enumerate(counts):
+        z[i, :, :m] = torch.randint(0, 2, (n_samples, m), generator=fresh(), device=device)
     z[:, 0] = 1
     rows = torch.arange(n, device=device).repeat_interleave(n_samples)
     scores = score_coalitions(

@@ -70,6 +70,19 @@ class MethodContext:
             gen.manual_seed(int(self.seed))
         return gen
 
+    def image_generators(self) -> Callable[[], torch.Generator]:
+        """A factory of generators on the model's device that all start in the same state
+        (``seed``, or one random seed drawn for this call): drawing each image's samples
+        from a fresh one makes them independent of the other images in the batch."""
+        base = int(self.seed) if self.seed is not None else torch.Generator().seed()
+
+        def fresh() -> torch.Generator:
+            gen = torch.Generator(device=self.x.device)
+            gen.manual_seed(base)
+            return gen
+
+        return fresh
+
     def target_scores(self) -> torch.Tensor:
         """The model's score for each target, (N,)."""
         logits = self.logits if self.logits is not None else self.model.forward(self.x)

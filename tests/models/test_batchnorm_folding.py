@@ -377,3 +377,56 @@ def test_user_hooks_see_only_the_real_passes():
     assert gp.input_grads is not None and gp2.input_grads is not None
     # hooks gone: pairs
     assert model._conv_batchnorm_pairs(torch.randn(1, 3, 12, 12), module_fingerprint(net)) != []
+
+
+class InplaceBetweenNet(nn.Module):
+    """An in-place ReLU between the conv and its BN: the BN's input is still the conv's
+    output tensor object, but no longer its values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(self.relu(self.conv(x))).mean((2, 3)))
+
+
+class SharedBatchNormNet(nn.Module):
+    """One BN module called after a conv and again after a pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv0 = nn.Conv2d(3, 6, 1)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.bn(self.conv(x))
+        b = self.bn(nn.functional.avg_pool2d(self.conv0(x), 3, 1, 1))
+        return self.fc(torch.relu(a + b).mean((2, 3)))
+
+
+def test_gradient_passes_join_only_true_conv_batchnorm_pairs():
+    """Where the BN's input is not simply the conv's output, the gradient pass must still
+    be the module's own function: same logits bit for bit, autograd's input gradient."""
+    for cls in (InplaceBetweenNet, SharedBatchNormNet, SharedConvNet):
+        net = _randomize_bn(cls())
+        model = xs.wrap(net, input_size=10)
+        x = torch.randn(2, 3, 10, 10)
+        t = torch.tensor([0, 1])
+        xr = x.clone().requires_grad_(True)
+        out = net(xr)
+        (g,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), xr)
+        gp = model.grad_pass(x, t)
+        assert torch.equal(gp.logits, out.detach()), cls.__name__
+        assert gp.input_grads is not None
+        torch.testing.assert_close(gp.input_grads[0], g, rtol=1e-5, atol=1e-7)
+        assert model._grad_pairs is not None and model._grad_pairs[1] == [], cls.__name__
+        assert not any("forward" in vars(m) for m in net.modules())
+    # the hooks alone already refuse the in-place and the shared cases
+    for cls in (InplaceBetweenNet, SharedBatchNormNet):
+        assert conv_bn_pairs(_randomize_bn(cls()), torch.randn(1, 3, 10, 10)) == []

@@ -59,25 +59,32 @@ def _foldable(bn: nn.Module) -> bool:
 def conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
     """(conv name, batch-norm name) pairs where the BN's input *is* the conv's output.
 
-    Found by running ``probe`` once with temporary hooks (removed in ``finally``): an
-    in-place op or anything else between the two breaks the identity and the pair.
+    Found by running ``probe`` once with temporary hooks (removed in ``finally``). A pair
+    needs the very tensor the conv returned, unmodified (an in-place op between the two
+    bumps its version counter and breaks the pair), and each of the two modules called once.
+    Hooks cannot see a conv output that also goes elsewhere (a skip connection around the
+    BN): callers that fold must check the result against the module (see
+    :func:`inference_copy` and ``TorchModel._conv_batchnorm_pairs``).
     """
-    outputs: dict[int, tuple[str, torch.Tensor]] = {}
+    outputs: dict[int, tuple[str, torch.Tensor, int]] = {}
     pairs: list[tuple[str, str]] = []
+    calls: dict[str, int] = {}
     handles = []
 
     def conv_hook(name: str) -> Any:
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
             if isinstance(out, torch.Tensor):
-                outputs[id(out)] = (name, out)
+                outputs[id(out)] = (name, out, out._version)
 
         return hook
 
     def bn_hook(name: str) -> Any:
-        def hook(_m: nn.Module, inputs: Any, _o: Any) -> None:
+        def hook(_m: nn.Module, inputs: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
             t = inputs[0] if inputs else None
             hit = outputs.get(id(t)) if isinstance(t, torch.Tensor) else None
-            if hit is not None and hit[1] is t:
+            if hit is not None and hit[1] is t and t._version == hit[2]:
                 pairs.append((hit[0], name))
 
         return hook
@@ -87,15 +94,15 @@ def conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> list[tuple[str, str
             if isinstance(m, nn.Conv2d):
                 handles.append(m.register_forward_hook(conv_hook(name)))
             elif _foldable(m):
-                handles.append(m.register_forward_hook(bn_hook(name)))
+                # before the BN runs: an in-place op after it must not hide one before it
+                handles.append(m.register_forward_pre_hook(bn_hook(name)))
         with torch.no_grad():
             module(probe)
     finally:
         for h in handles:
             h.remove()
-    convs = [c for c, _ in pairs]
-    # a conv feeding two BNs (or called twice) cannot be folded into both
-    return [(c, b) for c, b in pairs if convs.count(c) == 1]
+    # a conv feeding two BNs, or either module called twice, cannot be folded
+    return [(c, b) for c, b in pairs if calls.get(c) == 1 and calls.get(b) == 1]
 
 
 def has_user_hooks(module: nn.Module) -> bool:

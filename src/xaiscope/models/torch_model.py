@@ -408,7 +408,10 @@ class TorchModel(Model):
         """(conv, batch norm, scaled weight) for every conv -> eval batch-norm pair.
 
         Found once per module ``state`` (its fingerprint) with one forward of ``x[:1]`` (see
-        :func:`~xaiscope.models.batchnorm_folding.conv_bn_pairs`).
+        :func:`~xaiscope.models.batchnorm_folding.conv_bn_pairs`), and kept only if the
+        forward with the pairs joined gives bit-identical logits on it: a conv output that
+        also goes around its batch norm (a skip connection) would otherwise be replaced by
+        the batch norm's output there.
         """
         # user hooks would see the probe forward; the plain backward is used instead
         if self.scripted or x.ndim != 4 or x.shape[0] == 0 or has_user_hooks(self.module):
@@ -423,8 +426,28 @@ class TorchModel(Model):
                     and _fusable_pair(conv, bn)
                 ):
                     found.append((conv, bn, _scaled_conv_weight(conv, bn)))
+            if found and not self._pairs_agree(x[:1].detach(), found):
+                found = []
             self._grad_pairs = (state, found)
         return self._grad_pairs[1]
+
+    def _pairs_agree(
+        self, probe: torch.Tensor, pairs: Sequence[tuple[nn.Conv2d, nn.BatchNorm2d, torch.Tensor]]
+    ) -> bool:
+        """Whether the module's forward on ``probe`` is bit-identical with ``pairs`` joined
+        (the joined forward runs the same native ops, so any difference is a wrong pair)."""
+        try:
+            with torch.no_grad():
+                ref = self.module(probe)
+                with self._out_of_place(), self._light_batchnorm(pairs):
+                    joined = self.module(probe)
+        except Exception:
+            return False
+        return (
+            isinstance(ref, torch.Tensor)
+            and isinstance(joined, torch.Tensor)
+            and torch.equal(ref, joined)
+        )
 
     @contextlib.contextmanager
     def _light_batchnorm(

@@ -94,7 +94,7 @@ def conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> list[tuple[str, str
             if isinstance(m, nn.Conv2d):
                 handles.append(m.register_forward_hook(conv_hook(name)))
             elif _foldable(m):
-                # before the BN runs: an in-place op after it must not hide one before it
+                # the input is checked as the BN is called, against the version the conv left
                 handles.append(m.register_forward_pre_hook(bn_hook(name)))
         with torch.no_grad():
             module(probe)

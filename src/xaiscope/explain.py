@@ -383,7 +383,9 @@ def _run_method(
                 shared=view,
                 logits=logits,
             )
-            outs.append(info.fn(ctx, **params))
+            out = info.fn(ctx, **params)
+            out.warnings = [*out.warnings, *ctx.notes]
+            outs.append(out)
         return outs
     # stack (image, target) pairs: rank-major, so rows [k*n:(k+1)*n] are target set k
     ctx = MethodContext(
@@ -396,8 +398,10 @@ def _run_method(
         seed=seed,
         progress=progress,
         logits=logits.repeat(k_sets, 1) if k_sets > 1 else logits,
+        images=n,
     )
     out = info.fn(ctx, **params)
+    out.warnings = [*out.warnings, *ctx.notes]
     if k_sets == 1:
         return [out]
     return [

@@ -210,3 +210,31 @@ def test_adversarial_baseline_is_fifty_fifty(effnet, chelsea):
     pt, pr = float(p[int(target)]), float(p[runner])
     assert abs(pt - pr) < 0.05 * (pt + pr)
     assert pt + pr > 0.5
+
+
+def test_adversarial_baseline_of_an_image_does_not_depend_on_the_batch():
+    # each image stops when it reaches 50/50 itself; one that never does is flagged
+    from xaiscope.methods.baselines import adversarial_baseline
+    from xaiscope.methods.registry import MethodContext
+
+    model = xs.wrap(SmallCNN(), input_size=16)
+    images = rand_images(3, size=16, seed=2)
+    x01 = model.pixels(list(images))
+    x = model.normalize(x01)
+
+    def baseline(rows: slice, steps: int = 300) -> tuple[torch.Tensor, list]:
+        logits = model.forward(x[rows])
+        ctx = MethodContext(
+            model=model, x=x[rows], targets=logits.argmax(1), images01=x01[rows], seed=0
+        )
+        return adversarial_baseline(ctx, steps=steps), ctx.notes
+
+    batch, notes = baseline(slice(0, 3))
+    assert notes == []
+    for i in range(3):
+        one, _ = baseline(slice(i, i + 1))
+        torch.testing.assert_close(batch[i], one[0], rtol=1e-4, atol=1e-5)
+    _, notes = baseline(slice(0, 3), steps=0)
+    assert [row for row, _ in notes] == [0, 1, 2]
+    e = xs.explain(model, images[:1], method="ig", baseline="adversarial", n_steps=4)
+    assert e.warnings == []

@@ -107,15 +107,16 @@ def segment_batch(ctx: MethodContext, segmentation: Segmentation, n_segments: in
         arr = np.asarray(
             segmentation.detach().cpu() if isinstance(segmentation, torch.Tensor) else segmentation
         )
+        m = ctx.n_images
         if arr.ndim == 2:
-            arr = np.broadcast_to(arr, (n, *arr.shape))
-        if arr.shape != (n, h, w) or not np.issubdtype(arr.dtype, np.integer):
+            arr = np.broadcast_to(arr, (m, *arr.shape))
+        if arr.shape != (m, h, w) or not np.issubdtype(arr.dtype, np.integer):
             raise ParameterError(
                 f"a segmentation array must hold integer labels of shape ({h}, {w}) or "
-                f"({n}, {h}, {w}) (the model's input size), got {arr.dtype} {arr.shape}"
+                f"({m}, {h}, {w}) (the model's input size), got {arr.dtype} {arr.shape}"
             )
         labels = np.stack([relabel(a) for a in arr])
-        return torch.from_numpy(labels).to(ctx.x.device)
+        return ctx.rows_of_images(torch.from_numpy(labels).to(ctx.x.device))
     fn: Callable[[np.ndarray], np.ndarray]
     if isinstance(segmentation, str):
         name = segmentation.strip().lower()

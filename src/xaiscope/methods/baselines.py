@@ -36,10 +36,12 @@ def make_baseline(ctx: MethodContext, baseline: Any) -> torch.Tensor:
         elif name == "white":
             pix = torch.ones_like(x01)
         elif name == "uniform":
-            pix = torch.rand(x01.shape, generator=ctx.generator(), device=x01.device)
+            # one draw for all images: an image's baseline does not depend on the others
+            one = torch.rand((1, *x01.shape[1:]), generator=ctx.generator(), device=x01.device)
+            pix = one.expand(x01.shape).contiguous()
         elif name == "noise":
-            noise = torch.randn(x01.shape, generator=ctx.generator(), device=x01.device)
-            pix = (x01 + 0.2 * noise).clamp(0, 1)
+            one = torch.randn((1, *x01.shape[1:]), generator=ctx.generator(), device=x01.device)
+            pix = (x01 + 0.2 * one).clamp(0, 1)
         elif name == "blur":
             pix = gaussian_blur(x01, sigma=0.1 * max(x01.shape[-2:]))
         elif name == "adversarial":
@@ -58,11 +60,14 @@ def make_baseline(ctx: MethodContext, baseline: Any) -> torch.Tensor:
         baseline = baseline.detach().cpu().numpy()
     if isinstance(baseline, np.ndarray):
         arr = baseline
-        if arr.ndim == 3 or arr.ndim == 4 and arr.shape[0] in (1, n):
+        m = ctx.n_images
+        if arr.ndim == 3 or arr.ndim == 4 and arr.shape[0] == 1:
             out = ctx.model.preprocess(arr).expand(n, -1, -1, -1)
+        elif arr.ndim == 4 and arr.shape[0] == m:
+            out = ctx.rows_of_images(ctx.model.preprocess(arr))
         else:
             raise ParameterError(
-                f"baseline array must be (H, W, 3) or ({n}, H, W, 3), got {arr.shape}"
+                f"baseline array must be (H, W, 3) or ({m}, H, W, 3), got {arr.shape}"
             )
         return out.to(ctx.x.device, ctx.x.dtype).contiguous()
     raise ParameterError(f"unsupported baseline of type {type(baseline).__name__}")
@@ -86,31 +91,45 @@ def adversarial_baseline(
 ) -> torch.Tensor:
     """An image the model scores 50/50 between the target and the runner-up class.
 
-    Starts from uniform noise and takes Adam steps in pixel space (clipped to [0, 1]) on
-    (log p_t - log p_r)^2 - log(p_t + p_r): equal odds for the two classes, which together
-    also dominate the others. The runner-up is the best class other than the target on
-    the original image. Stops once every image has |p_t - p_r| < tol (p_t + p_r) and
-    p_t + p_r > 1/2, after at most ``steps`` steps of one forward and one backward each.
+    Starts from uniform noise (the same for every image) and takes Adam steps in pixel
+    space (clipped to [0, 1]) on (log p_t - log p_r)^2 - log(p_t + p_r): equal odds for the
+    two classes, which together also dominate the others. The runner-up is the best class
+    other than the target on the original image. Each image stops, and is kept as it is,
+    once |p_t - p_r| < tol (p_t + p_r) and p_t + p_r > 1/2 (so its baseline does not depend
+    on the rest of the batch); after ``steps`` steps of one forward and one backward, images
+    still short of that are returned as they are and flagged in ``ctx.notes``.
     """
     model = ctx.model
     logits = ctx.logits if ctx.logits is not None else model.forward(ctx.x)
     masked = logits.float().clone()
     masked.scatter_(1, ctx.targets[:, None].to(masked.device), float("-inf"))
     pair = torch.stack([ctx.targets.to(masked.device), masked.argmax(1)], 1)
-    pix = torch.rand(ctx.images01.shape, generator=ctx.generator(), device=ctx.x.device)
-    pix.requires_grad_(True)
+    shape = ctx.images01.shape
+    start = torch.rand((1, *shape[1:]), generator=ctx.generator(), device=ctx.x.device)
+    pix = start.expand(shape).clone().requires_grad_(True)
+    result = torch.empty_like(pix, requires_grad=False)
+    done = torch.zeros(shape[0], dtype=torch.bool, device=pix.device)
     opt = torch.optim.Adam([pix], lr=lr)
-    for _ in range(steps):
+    for step in range(steps + 1):
+        active = (~done).nonzero()[:, 0]
+        if active.numel() == 0:
+            break
         with torch.enable_grad():
-            x = model.normalize(pix)
+            x = model.normalize(pix[active])
             # the loss is a function of the logits: get dL/dz at this point, then one
             # backward of sum_j (dL/dz_j) z_j through the model gives dL/dx
             z = model.forward(x.detach()).float().clone().requires_grad_(True)
             logp = torch.log_softmax(z, 1)
-            lt, lr_ = logp.gather(1, pair[:, :1])[:, 0], logp.gather(1, pair[:, 1:])[:, 0]
+            pa = pair[active.to(pair.device)]
+            lt, lr_ = logp.gather(1, pa[:, :1])[:, 0], logp.gather(1, pa[:, 1:])[:, 0]
             pt, pr = lt.detach().exp(), lr_.detach().exp()
-            if bool((((pt - pr).abs() < tol * (pt + pr)) & (pt + pr > 0.5)).all()):
-                break
+            ok = (((pt - pr).abs() < tol * (pt + pr)) & (pt + pr > 0.5)).to(done.device)
+            if bool(ok.any()):
+                hit = active[ok]
+                result[hit] = pix.detach()[hit]
+                done[hit] = True
+            if step == steps or bool(ok.all()):
+                continue
             loss = ((lt - lr_) ** 2 - torch.logaddexp(lt, lr_)).sum()
             (w,) = torch.autograd.grad(loss, z)
             gp = model.grad_pass(x.detach(), w, need_input=True)
@@ -120,4 +139,15 @@ def adversarial_baseline(
         opt.step()
         with torch.no_grad():
             pix.clamp_(0, 1)
-    return model.normalize(pix.detach())
+    if not bool(done.all()):
+        left = (~done).nonzero()[:, 0]
+        result[left] = pix.detach()[left]
+        for i in left.tolist():
+            ctx.notes.append(
+                (
+                    i,
+                    f"the adversarial baseline did not reach 50/50 odds in {steps} steps: "
+                    "the integration starts from an image the model does not score evenly",
+                )
+            )
+    return model.normalize(result)

@@ -56,8 +56,10 @@ def expected_gradients(
     gen = ctx.generator()
     refs = _references(ctx, references, gen)
     n = ctx.x.shape[0]
-    pick = torch.randint(0, refs.shape[0], (n, n_samples), generator=gen, device=ctx.x.device)
-    alphas = torch.rand((n, n_samples), generator=gen, device=ctx.x.device, dtype=torch.float64)
+    # the same draws for every image, so an image's result does not depend on the others
+    pick = torch.randint(0, refs.shape[0], (1, n_samples), generator=gen, device=ctx.x.device)
+    alphas = torch.rand((1, n_samples), generator=gen, device=ctx.x.device, dtype=torch.float64)
+    pick, alphas = pick.expand(n, -1), alphas.expand(n, -1)
     # one reference per (image, sample): integrate each sample as its own single-node path
     starts = refs[pick.flatten()]
     rep = MethodContext(

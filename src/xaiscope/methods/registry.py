@@ -47,7 +47,9 @@ class MethodContext:
 
     ``x`` (N, C, H, W) on the model's device; ``targets`` (N,) long; ``layer`` for layer
     methods; ``batch_size`` is the starting chunk size; ``images01`` (N, 3, H, W) in
-    [0, 1] at model resolution, for baselines defined in pixel space.
+    [0, 1] at model resolution, for baselines defined in pixel space. ``images``: how many
+    images were given, where several target sets are stacked as rows (row ``k * images + i``
+    is image ``i``); None when every row is its own image.
     """
 
     model: Model
@@ -60,6 +62,20 @@ class MethodContext:
     progress: bool | None = None
     shared: GradPass | None = None
     logits: torch.Tensor | None = None
+    images: int | None = None
+    #: (row, message) notes on the inputs a method built (e.g. a baseline), merged into the
+    #: method's warnings by :func:`xaiscope.explain`
+    notes: list[tuple[int | None, str]] = field(default_factory=list)
+
+    @property
+    def n_images(self) -> int:
+        """The number of images given (rows of per-image arguments such as baselines)."""
+        return self.images if self.images is not None else int(self.x.shape[0])
+
+    def rows_of_images(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-image tensor (``n_images``, ...) repeated for every stacked target set."""
+        reps = int(self.x.shape[0]) // self.n_images
+        return t if reps == 1 else t.repeat(reps, *([1] * (t.ndim - 1)))
 
     def generator(self) -> torch.Generator:
         """A generator on the model's device, seeded with ``seed`` (random when None)."""

@@ -33,7 +33,10 @@ def noisy_gradients(
         sigma = noise_level * span
     else:
         sigma = torch.full((n, 1, 1, 1), float(stdev), device=x.device)
-    noise = torch.randn((n_samples, *x.shape), generator=ctx.generator(), device=x.device)
+    # one noise draw per sample shared by all images (scaled by each image's sigma), so an
+    # image's result does not depend on the rest of the batch
+    shape = (n_samples, 1, *x.shape[1:])
+    noise = torch.randn(shape, generator=ctx.generator(), device=x.device)
     noisy = (x[None] + noise * sigma[None]).reshape(n_samples * n, *x.shape[1:])
     targets = ctx.targets.repeat(n_samples)
     grads, _ = batched_input_gradients(ctx, noisy, targets, desc="smoothgrad")

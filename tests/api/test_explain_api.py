@@ -238,3 +238,19 @@ def test_adversarial_baseline_of_an_image_does_not_depend_on_the_batch():
     assert [row for row, _ in notes] == [0, 1, 2]
     e = xs.explain(model, images[:1], method="ig", baseline="adversarial", n_steps=4)
     assert e.warnings == []
+
+
+def test_per_image_baseline_array_with_several_targets():
+    model = xs.wrap(SmallCNN(), input_size=16)
+    images = rand_images(2, size=16, seed=3)
+    base = rand_images(2, size=16, seed=4)
+    exps = xs.explain(model, images, method="ig", baseline=base, target="top2", n_steps=4)
+    assert len(exps) == 2
+    for e in exps:
+        for i in range(2):
+            one = xs.explain(
+                model, images[i], method="ig", baseline=base[i], target=int(e.targets[i]), n_steps=4
+            )
+            np.testing.assert_allclose(e.maps[i], one.maps[0], rtol=1e-4, atol=1e-6)
+    with pytest.raises(xs.ParameterError, match=r"\(2, H, W, 3\)"):
+        xs.explain(model, images, method="ig", baseline=base[:1].repeat(3, 0), target="top2")

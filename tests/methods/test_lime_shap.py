@@ -439,3 +439,13 @@ def test_runs_on_the_embedded_model(effnet, chelsea, method):
     if method == "kernelshap":
         assert float(e.extras["fx"][0]) == pytest.approx(float(e.scores[0]), abs=1e-4)
         assert abs(float(e.delta[0])) < 1e-3
+
+
+@pytest.mark.parametrize("method", ["lime", "kernelshap"])
+def test_per_image_segmentation_array_with_several_targets(method):
+    model = identity_wrap(CellGame(), size=16)
+    images = [smooth_image(16, seed=1), smooth_image(16, seed=2)]
+    seg = np.stack([grid_segments(16, 16, 4), grid_segments(16, 16, 8)])
+    exps = xs.explain(model, images, method=method, segmentation=seg, target="top2", seed=0)
+    for e in exps:
+        assert [int(c) for c in e.extras["n_superpixels"]] == [4, 8]

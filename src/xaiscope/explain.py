@@ -190,6 +190,14 @@ def explain(
             from xaiscope.errors import UnsupportedModelError
 
             raise UnsupportedModelError(f"{info.name}: " + model._no_gradients_message())
+        if info.uses_layer and not info.applicable(model) and not model.layers():
+            from xaiscope.errors import UnsupportedModelError
+
+            # before "give layer=": a model without layers cannot take one
+            raise UnsupportedModelError(
+                f"{info.name} needs a layer, and this model has none: "
+                + model._no_gradients_message()
+            )
     per_params = _split_params(infos, params)
 
     arrays = as_image_list(images)

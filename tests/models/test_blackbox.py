@@ -376,6 +376,12 @@ def test_callable_refuses_gradient_and_layer_methods(cnn) -> None:
         model.grad_pass(model.preprocess(image), torch.tensor([0]))
     with pytest.raises(xs.UnsupportedModelError):
         model.activations(model.preprocess(image), "features")
+    for method in ("scorecam", "ablationcam", "eigencam"):
+        # without layer=: the model has none to give, so no "give layer=" advice
+        with pytest.raises(xs.UnsupportedModelError, match="has none") as info:
+            xs.explain(model, image, method=method)
+        usable = str(info.value).split("methods that work here:")[1]
+        assert "occlusion" in usable and "scorecam" not in usable
 
 
 # ------------------------------------------- methods: an export gives the torch model's maps

@@ -153,8 +153,9 @@ class Model(abc.ABC):
 
         black_box = ", ".join(method_names(needs_gradients=False)) or "none yet"
         return (
-            f"this {self.framework} model is a black box: gradient and CAM methods need a "
-            f"PyTorch or Keras model; methods that work here: {black_box}"
+            f"this {self.framework} model is a black box without gradients: gradient methods and "
+            f"gradient-weighted CAMs need a PyTorch or Keras model; methods that work here: "
+            f"{black_box}"
         )
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

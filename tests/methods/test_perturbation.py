@@ -61,12 +61,15 @@ def test_occlusion_gaps_are_zero_and_mean_fill():
     e = xs.explain(model, images, method="occlusion", target=0, window=2, stride=3)
     assert np.isfinite(e.maps).all()
     assert np.all(e.maps[0, 2, :] == 0) and np.all(e.maps[0, :, 5] == 0)
+    # 8 px, windows of 2 at 0, 3, 6: rows/columns 2 and 5 uncovered, 1 - (6/8)^2 = 44 %
+    assert any("44% of the pixels" in w for w in e.warnings), e.warnings
     x = model_input(images)
     mean = x.mean((2, 3), keepdim=True)
     w = net.fc.weight[0].detach().view(1, 3, 8, 8)
     contrib = (w * (x - mean)).sum(1)
     e2 = xs.explain(model, images, method="occlusion", target=0, window=8, stride=8, fill="mean")
     torch.testing.assert_close(e2.raw[0, 0], contrib.sum().expand(8, 8), rtol=1e-4, atol=1e-4)
+    assert e2.warnings == []
 
 
 def test_occlusion_equals_captum(effnet, chelsea):

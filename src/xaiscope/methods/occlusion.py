@@ -16,8 +16,9 @@ C channels (Captum's output for a window spanning all channels); ``map`` (N, H, 
 Cost: (P + 1) forwards for P windows, no backward, per distinct image: the target sets of
 one image (``targets="top3"``) share the forwards. The score drops become the map through
 one transposed convolution (no full-size mask per window is ever kept).
-Limits: pixels that no window covers (only when ``stride`` > ``window``) get 0; the map is
-as coarse as ``stride``; a window larger than the input is cut to the input size.
+Limits: pixels that no window covers (only when ``stride`` > ``window``) get 0 (flagged in
+``warnings``); the map is as coarse as ``stride``; a window larger than the input is cut to
+the input size.
 """
 
 from __future__ import annotations
@@ -112,8 +113,19 @@ def occlusion(
     attr = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
     attr = attr[:, 0]
     raw = attr[:, None].expand(-1, ctx.x.shape[1], -1, -1).contiguous()
+    notes: list[tuple[int | None, str]] = []
+    uncovered = float((count == 0).float().mean())
+    if uncovered > 0:
+        notes.append(
+            (
+                None,
+                f"stride {(sh, sw)} is larger than window {(wh, ww)}: {uncovered:.0%} of the "
+                "pixels are hidden by no window and get 0; use stride <= window",
+            )
+        )
     return MethodOutput(
         raw=raw,
         map=attr,
         extras={"window": (wh, ww), "stride": (sh, sw), "n_windows": per_image},
+        warnings=notes,
     )

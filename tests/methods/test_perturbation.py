@@ -69,7 +69,7 @@ def test_occlusion_gaps_are_zero_and_mean_fill():
     contrib = (w * (x - mean)).sum(1)
     e2 = xs.explain(model, images, method="occlusion", target=0, window=8, stride=8, fill="mean")
     torch.testing.assert_close(e2.raw[0, 0], contrib.sum().expand(8, 8), rtol=1e-4, atol=1e-4)
-    assert e2.warnings == []
+    assert not any("stride" in w for w in e2.warnings)  # one window: constant, not gappy
 
 
 def test_occlusion_equals_captum(effnet, chelsea):

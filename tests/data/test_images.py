@@ -213,6 +213,13 @@ def test_mode_i32_full_range() -> None:
     im = Image.fromarray(data)
     assert im.mode == "I"
     assert load_image(im)[0, :, 0].tolist() == [0, 128, 255]
+    # values past 16 bits keep their contrast (min-max), not one grey level of the int32 range
+    for values, expected in [
+        ([0, 17500, 35000, 70000], [0, 64, 128, 255]),
+        ([-1000, 0, 500, 1000], [0, 128, 191, 255]),
+    ]:
+        im = Image.fromarray(np.array([values], dtype=np.int32))
+        assert load_image(im)[0, :, 0].tolist() == expected
 
 
 def test_mode_f_unit_range(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ Normalisation rules, shared by files, PIL images and numpy arrays:
 * transparency (alpha channels, palette/tRNS transparency) is composited onto WHITE;
 * 16-bit integer images are scaled by the 16-bit range (65535 -> 255), never clipped;
 * 32-bit integer images (mode ``I``) are scaled by the 16-bit range when all values fit in
-  0..65535 (how Pillow stores 16-bit data), otherwise by the full int32 range;
+  0..65535 (how Pillow stores 16-bit data), otherwise min-max scaled to 0..255;
 * float images (mode ``F``) in [0, 1] are scaled by 255, otherwise min-max scaled to 0..255
   (a constant image outside [0, 1] becomes black); NaN/inf become 0;
 * the EXIF orientation tag is applied once (the tag is then dropped, so it cannot re-apply).
@@ -260,12 +260,14 @@ def _pil_to_rgb(im: Image.Image, name: str) -> np.ndarray:
 
 
 def _int_to_u8(raw: np.ndarray, *, int32: bool) -> np.ndarray:
-    """Scale integer samples to 0..255 by the range of their bit depth (never clips)."""
+    """Scale integer samples to 0..255 by the 16-bit range, or min-max where 32-bit samples
+    leave it (never clips)."""
     values = raw.astype(np.int64)
+    lo, span = 0, 65535
     if int32 and values.size and (values.min() < 0 or values.max() > 65535):
-        lo, span = -(2**31), 2**32 - 1
-    else:
-        lo, span = 0, 65535
+        # the full int32 range would squeeze any real content into one grey level
+        lo, hi = int(values.min()), int(values.max())
+        span = max(hi - lo, 1)
     # Integer round-half-up: 65535 -> 255, 32768 -> 128, 0 -> 0.
     return ((values - lo) * 255 * 2 + span) // (2 * span)
 

@@ -101,12 +101,18 @@ def _class_index(model: Model, t: Any, classes: int) -> int:
         if text.lstrip("-").isdigit():
             return _class_index(model, int(text), classes)
         lowered = [lab.lower() for lab in model.labels]
-        if text.lower() in lowered:
-            return lowered.index(text.lower())
-        # ImageNet names like "tabby, tabby cat": match one comma-separated synonym
-        for i, lab in enumerate(lowered):
-            if text.lower() in [part.strip() for part in lab.split(",")]:
-                return i
+        exact = [i for i, lab in enumerate(lowered) if lab == text.lower()]
+        # ImageNet names like "tabby, tabby cat": else match one comma-separated synonym
+        hits = exact or [
+            i
+            for i, lab in enumerate(lowered)
+            if text.lower() in [part.strip() for part in lab.split(",")]
+        ]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:  # ImageNet has two "crane"s (the bird and the machine)
+            named = ", ".join(f"{i} ({model.labels[i]})" for i in hits)
+            raise TargetError(f"class label {t!r} is ambiguous: {named}; give the class index")
         close = _suggest(text, model.labels, n=3)
         hint = f"; did you mean: {', '.join(close)}" if close else ""
         raise TargetError(f"unknown class label {t!r}{hint}")

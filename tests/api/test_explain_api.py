@@ -125,6 +125,9 @@ def test_errors_are_typed_with_clear_messages(small):
         xs.explain(small, images, method="saliency", target=5)
     with pytest.raises(xs.TargetError, match="unknown class label"):
         xs.explain(small, images, method="saliency", target="zebra")
+    twins = xs.wrap(SmallCNN(), input_size=16, labels=["crane", "b", "crane", "d", "e"])
+    with pytest.raises(xs.TargetError, match=r"ambiguous: 0 \(crane\), 2 \(crane\)"):
+        xs.explain(twins, images, method="saliency", target="crane")
     with pytest.raises(xs.TargetError):
         xs.explain(small, images, method="saliency", target="top9")
     with pytest.raises(xs.TargetError, match="2 targets for 1 images"):

@@ -30,6 +30,69 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+#: prefix of the ``.npz`` keys that hold array extras (``extras/segments``, ...)
+EXTRAS_PREFIX = "extras/"
+_TUPLE_TAG = "__tuple__"
+
+
+def _json_extra(value: Any) -> tuple[bool, Any]:
+    """(True, encoded) when ``value`` is plain JSON data (tuples tagged to come back as
+    tuples), else (False, None)."""
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return True, value
+    if isinstance(value, (np.bool_, np.integer, np.floating)):
+        return True, value.item()
+    if isinstance(value, (list, tuple)):
+        items = [_json_extra(v) for v in value]
+        if not all(ok for ok, _ in items):
+            return False, None
+        encoded = [v for _, v in items]
+        return True, {_TUPLE_TAG: encoded} if isinstance(value, tuple) else encoded
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        pairs = {k: _json_extra(v) for k, v in value.items()}
+        if not all(ok for ok, _ in pairs.values()):
+            return False, None
+        return True, {k: v for k, (_, v) in pairs.items()}
+    return False, None
+
+
+def _unjson_extra(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_unjson_extra(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {_TUPLE_TAG}:
+            return tuple(_unjson_extra(v) for v in value[_TUPLE_TAG])
+        return {k: _unjson_extra(v) for k, v in value.items()}
+    return value
+
+
+def _array_extra(value: Any) -> tuple[np.ndarray, dict[str, str]] | None:
+    """A tensor or array extra as a numpy array plus how to restore it; None when it cannot
+    be stored without pickling (object arrays, tensors numpy cannot hold)."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().resolve_conj().resolve_neg()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        info = {"type": "tensor", "dtype": str(t.dtype).removeprefix("torch.")}
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16: stored widened, cast back
+            t = t.float()
+        try:
+            return t.numpy(), info
+        except (TypeError, RuntimeError):  # quantized, complex32, ...
+            return None
+    if isinstance(value, np.ndarray) and not value.dtype.hasobject:
+        return value, {"type": "ndarray"}
+    return None
+
+
+def _restore_array(arr: np.ndarray, info: dict[str, str]) -> Any:
+    if info.get("type") != "tensor":
+        return arr
+    t = torch.from_numpy(arr)
+    dtype = getattr(torch, info.get("dtype", ""), None)
+    return t.to(dtype) if isinstance(dtype, torch.dtype) and dtype != t.dtype else t
+
+
 @dataclass
 class Explanation:
     """One method's maps for one target per image.
@@ -94,7 +157,14 @@ class Explanation:
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write maps, raw output and metadata to one ``.npz`` file (suffix added if missing)."""
+        """Write maps, raw output, extras and metadata to one ``.npz`` file (suffix added if
+        missing).
+
+        Tensor and array ``extras`` go to ``extras/<name>`` arrays (tensors come back as CPU
+        tensors of the same dtype), plain JSON data (numbers, strings, lists, tuples, dicts)
+        to the metadata; anything else (objects, lists of tensors) is skipped. Nothing is
+        pickled.
+        """
         out = Path(path)
         if out.suffix != ".npz":
             out = out.with_suffix(out.suffix + ".npz") if out.suffix else out.with_suffix(".npz")
@@ -113,9 +183,20 @@ class Explanation:
             arrays["delta"] = np.asarray(self.delta, dtype=np.float32)
         if self.probabilities is not None:
             arrays["probabilities"] = np.asarray(self.probabilities, dtype=np.float32)
+        extra_arrays: dict[str, dict[str, str]] = {}
+        extra_values: dict[str, Any] = {}
+        for name, value in self.extras.items():
+            stored = _array_extra(value)
+            if stored is not None:
+                arrays[EXTRAS_PREFIX + str(name)], extra_arrays[str(name)] = stored
+                continue
+            ok, encoded = _json_extra(value)
+            if ok:
+                extra_values[str(name)] = encoded
         meta = self.to_dict()
         meta["n_maps"] = len(self.maps)
         meta["ragged"] = not isinstance(self.maps, np.ndarray)
+        meta["extras"] = {"arrays": extra_arrays, "values": extra_values}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
@@ -133,6 +214,15 @@ class Explanation:
                 else:
                     maps = data["maps"]
                 raw = torch.from_numpy(data["raw"]) if "raw" in data else None
+                # files written before extras were saved have no "extras" entry
+                stored = meta.get("extras") or {}
+                extras: dict[str, Any] = {
+                    name: _restore_array(data[EXTRAS_PREFIX + name], info)
+                    for name, info in (stored.get("arrays") or {}).items()
+                }
+                extras.update(
+                    {k: _unjson_extra(v) for k, v in (stored.get("values") or {}).items()}
+                )
                 return cls(
                     method=meta["method"],
                     params=meta["params"],
@@ -145,9 +235,11 @@ class Explanation:
                     target_labels=list(meta.get("target_labels") or []),
                     layer=meta.get("layer"),
                     model_name=meta.get("model"),
+                    extras=extras,
                     warnings=list(meta.get("warnings") or []),
                 )
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
+            # a damaged or foreign file: one clear error instead of a traceback
             raise XaiscopeError(f"cannot read explanation {path}: {exc}") from exc
 
     def plot(

@@ -210,6 +210,8 @@ BAD_INPUTS = [
         ["{cat}", "--method", "ig", "--param", "rule=bogus", "--param", "n_steps=2"],
         ["bogus"],
     ),
+    # the seed is a run option: point at it instead of listing method parameters
+    ("param-seed", ["{cat}", "--method", "saliency", "--param", "seed=0"], ["seed", "--seed N"]),
     ("unknown-model", ["{cat}", "--model", "no_such_model"], ["no_such_model"]),
     ("bad-device", ["{cat}", "--device", "nonsense"], ["device"]),
     ("batch-size", ["{cat}", "--batch-size", "0"], ["--batch-size"]),
@@ -285,6 +287,178 @@ def test_later_bad_image_writes_nothing_and_keeps_earlier_outputs(
     code, _, err = _run(capsys, files["cat"], files["truncated"], "--method", "saliency", "-o", out)
     assert code == 2 and "truncated.png" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_image_ids_are_distinct_when_a_stem_looks_like_a_renamed_id(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a/cat.png and b/cat.png become cat and cat-2; a real cat-2.png must not get cat-2 too
+    third = tmp_path / "cat-2.png"
+    shutil.copy(files["cat"], third)
+    out = tmp_path / "out"
+    code, _, err = _run(
+        capsys, "explain", files["cat"], files["twin"], third, "--method", "saliency",
+        "-o", out, "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    metas = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    ids = {m["image"]: m["image_id"] for m in metas}
+    assert len(metas) == 3 and len(set(ids.values())) == 3, ids
+    assert ids[str(files["cat"])] == "cat" and ids[str(files["twin"])] == "cat-2"
+
+
+def test_load_images_ids_unique_ignoring_case(files: dict[str, Path], tmp_path: Path) -> None:
+    from xaiscope.cli.explain_cmd import load_images
+
+    upper = tmp_path / "CAT.png"  # same files as cat.png's on macOS and Windows
+    shutil.copy(files["cat"], upper)
+    renamed = tmp_path / "cat-2.png"
+    shutil.copy(files["cat"], renamed)
+    specs = [files["cat"], files["twin"], renamed, upper, files["cat"]]
+    ids = [it.image_id for it in load_images([str(s) for s in specs])]
+    assert len({i.casefold() for i in ids}) == len(ids), ids
+
+
+@pytest.mark.parametrize(
+    "missing", ["{missing}", "no_such_photo.JPG", "no_such_folder/photo", "x.webp"]
+)
+def test_shortcut_with_missing_image_says_cannot_load(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], missing: str
+) -> None:
+    # without `explain`: a path-like first argument is an image, not a bad subcommand
+    name = missing.format(**files)
+    code, stdout, err = _run(capsys, name, "--method", "saliency")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err + stdout
+    assert lines[0].startswith(f"xaiscope: error: cannot load image {name}"), lines[0]
+    assert "invalid choice" not in err
+
+
+def test_default_command_routing() -> None:
+    from xaiscope.cli.main import _with_default_command
+
+    assert _with_default_command(["cat.PNG"]) == ["explain", "cat.PNG"]
+    assert _with_default_command(["pics/cat"]) == ["explain", "pics/cat"]
+    assert _with_default_command(["--debug", "a.tiff"]) == ["--debug", "explain", "a.tiff"]
+    for argv in (["models", "layers", "x.png"], ["frobnicate"], ["methods"]):
+        assert _with_default_command(argv) == argv
+
+
+# --out that passes os.access (root on /proc) but cannot take files: before any compute
+UNWRITABLE = "/proc/xaiscope_no_such_out"
+OUT_COMMANDS = [
+    ("explain", ["explain", "{cat}", "--method", "saliency", "--out", UNWRITABLE]),
+    ("report", ["report", "{cat}", "--method", "saliency", "-q", "--out", UNWRITABLE + "/r.html"]),
+    ("compare", ["compare", "{cat}", "--method", "saliency,gradcam", "--out", UNWRITABLE]),
+    ("evaluate", ["evaluate", "{cat}", "--method", "saliency", "--out", UNWRITABLE]),
+    (
+        "train",
+        [
+            "train",
+            "--data",
+            "shapes",
+            "--n-images",
+            "20",
+            "--epochs",
+            "1",
+            "--no-save",
+            "--quiet",
+            "--out",
+            UNWRITABLE,
+        ],
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("argv", [c[1] for c in OUT_COMMANDS], ids=[c[0] for c in OUT_COMMANDS])
+def test_unwritable_out_fails_early_exit_2(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, stdout, err = _run(capsys, *(a.format(**files) for a in argv))
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("xaiscope: error: --out /proc/xaiscope_no_such_out")
+    assert "predictions" not in stdout and "training" not in stdout  # nothing computed
+
+
+def test_out_probe_leaves_nothing_behind(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xaiscope.cli.explain_cmd import check_out_dir
+
+    nested = tmp_path / "new" / "deeper" / "out"
+    check_out_dir(nested)  # creates, probes and removes the folders it made
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "old.json").write_text("{}")
+    check_out_dir(kept)
+    assert [p.name for p in kept.iterdir()] == ["old.json"]
+    # input rejected after the probe still leaves no new folder
+    code, _, _ = _run(capsys, files["garbage"], "--method", "saliency", "-o", nested)
+    assert code == 2 and not (tmp_path / "new").exists()
+    with pytest.raises(xs.errors.ParameterError, match="cannot create files"):
+        check_out_dir(files["notes"].parent / "notes.txt" / "sub")
+
+
+def _tiny_torchscript(path: Path) -> Path:
+    import warnings
+
+    import torch
+    from torch import nn
+
+    module = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own deprecations of TorchScript
+        torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
+def test_torchscript_model_loads_without_deprecation_noise(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Through the entry point: stderr holds exactly the one error line, no torch warning."""
+    model = _tiny_torchscript(tmp_path / "tiny_ts.pt")
+    exe = shutil.which("xaiscope")
+    cmd = [exe] if exe else [sys.executable, "-m", "xaiscope.cli"]
+    argv = [str(files["cat"]), "--model", str(model), "--method", "gradcam", "--layer", "nope"]
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [*cmd, "explain", *argv, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("xaiscope: error: ") and "nope" in lines[0]
+    assert not out.exists()
+
+
+def test_corrupt_torch_file_is_one_safe_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = _run(capsys, "models", "layers", corrupt)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xaiscope: error: "), err
+    assert "corrupt.pt" in lines[0] and "not TorchScript" in lines[0]
+    # torch's advice to re-run with weights_only=False runs code from an unknown file
+    assert "weights_only" not in lines[0] and "Re-running" not in lines[0]
+    assert not [w for w in caught if "torch.jit" in str(w.message)], caught
 
 
 def test_keyboard_interrupt_exits_130(

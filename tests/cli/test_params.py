@@ -65,6 +65,28 @@ def test_method_params_fans_out_and_types_per_method() -> None:
         method_params(parse_param_args(["nosuch.x=1"]), infos)
 
 
+def test_param_seed_points_at_the_seed_option() -> None:
+    infos = [get_method("integrated_gradients")]
+    for item in ("seed=0", "integrated_gradients.seed=0"):
+        with pytest.raises(ParameterError, match="use --seed N"):
+            method_params(parse_param_args([item]), infos)
+
+
+def test_readme_params_are_method_parameters() -> None:
+    """Every ``--param KEY=`` in the README's examples is a registered method parameter."""
+    import re
+    from pathlib import Path
+
+    from xaiscope.methods.registry import all_methods
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    if not readme.is_file():
+        pytest.skip("no README.md next to the tests")
+    keys = set(re.findall(r"--param\s+(?:[\w+-]+\.)?(\w+)=", readme.read_text("utf-8")))
+    known = {key for info in all_methods() for key in info.defaults}
+    assert keys and keys <= known, keys - known
+
+
 def test_safe_name() -> None:
     assert safe_name("tabby, tabby cat") == "tabby_tabby_cat"
     assert safe_name("gradcam++") == "gradcam++"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,34 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def probe_writable_dir(folder: Path, what: str) -> None:
+    """Raise :class:`ParameterError` (``what: ...``) unless files can be created in ``folder``.
+
+    ``os.access`` is not enough: root passes it on /proc, read-only mounts and immutable
+    folders, and the write then fails only after all the compute. So the folder is really
+    created and a temporary file is created and removed in it. Folders made only for the
+    probe are removed again, so input rejected later still leaves nothing behind.
+    """
+    made: list[Path] = []  # deepest first
+    try:
+        missing = folder
+        while not missing.exists() and missing != missing.parent:
+            made.append(missing)
+            missing = missing.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".xaiscope-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise ParameterError(
+            f"{what}: cannot create files there ({exc.strerror or reason(exc)})"
+        ) from None
+    finally:
+        for path in made:
+            with contextlib.suppress(OSError):  # not empty: someone else uses it now
+                path.rmdir()
 
 
 def _strict(value: Any) -> Any:

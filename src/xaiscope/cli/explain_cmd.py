@@ -21,6 +21,7 @@ from xaiscope.cli.common import (
     atomic_write,
     check_device,
     load_model,
+    probe_writable_dir,
     safe_name,
     write_json,
 )
@@ -137,7 +138,8 @@ def load_images(specs: Sequence[str]) -> list[ImageItem]:
     from xaiscope.data.images import image_id, load_image, sample_images
 
     items: list[ImageItem] = []
-    seen: dict[str, int] = {}
+    taken: set[str] = set()  # casefolded: Cat and cat share files on macOS and Windows
+    next_suffix: dict[str, int] = {}
     for spec in specs or [SAMPLE_PREFIX + DEFAULT_IMAGE]:
         if spec.startswith(SAMPLE_PREFIX) and not os.path.exists(spec):
             name = spec[len(SAMPLE_PREFIX) :]
@@ -146,10 +148,13 @@ def load_images(specs: Sequence[str]) -> list[ImageItem]:
         else:
             array = load_image(spec)
             ident = image_id(spec)
-        # two inputs with the same stem (a/cat.png, b/cat.png) must not share output files
-        seen[ident] = seen.get(ident, 0) + 1
-        if seen[ident] > 1:
-            ident = f"{ident}-{seen[ident]}"
+        # two inputs with the same stem (a/cat.png, b/cat.png) must not share output files;
+        # a renamed id is taken too, so a later cat-2.png does not get b/cat.png's cat-2
+        base = ident
+        while ident.casefold() in taken:
+            next_suffix[base] = next_suffix.get(base, 1) + 1
+            ident = f"{base}-{next_suffix[base]}"
+        taken.add(ident.casefold())
         items.append(ImageItem(spec, ident, array))
     return items
 
@@ -235,14 +240,10 @@ def check_target(model: Model, spec: str, n_images: int) -> None:
 
 
 def check_out_dir(out: Path) -> None:
-    """Fail early if the output folder cannot be created or written."""
+    """Fail early, before any model loading or compute, if ``out`` cannot take files."""
     if out.exists() and not out.is_dir():
         raise ParameterError(f"--out {out}: exists and is not a folder")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ParameterError(f"--out {out}: cannot write in {parent}")
+    probe_writable_dir(out, f"--out {out}")
 
 
 # ------------------------------------------------------------------------------ output

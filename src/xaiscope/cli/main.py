@@ -28,6 +28,8 @@ SUBCOMMANDS = (
     "compare",
     "app",
 )
+#: Suffixes that mark a first argument as an image for ``explain`` even when it is missing.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
@@ -85,9 +87,22 @@ def _with_default_command(argv: list[str]) -> list[str]:
     first = rest[0]
     if first in SUBCOMMANDS or first in ("-h", "--help", "--version"):
         return [*debug, *rest]
-    if first.startswith("-") or os.path.exists(first) or first.startswith("sample:"):
+    if (
+        first.startswith("-")
+        or os.path.exists(first)
+        or first.startswith("sample:")
+        or _looks_like_image_path(first)
+    ):
         return [*debug, "explain", *rest]
     return [*debug, *rest]
+
+
+def _looks_like_image_path(arg: str) -> bool:
+    # a mistyped or missing photo should get explain's "cannot load image" line, not
+    # argparse's "invalid choice" for the subcommand
+    if arg.lower().endswith(IMAGE_SUFFIXES):
+        return True
+    return any(sep and sep in arg for sep in ("/", os.sep, os.altsep))
 
 
 def _fail(message: str, code: int) -> int:

@@ -114,6 +114,11 @@ def method_params(
     per: dict[str, dict[str, Any]] = {i.name: {} for i in infos}
     selected = {i.name: i for i in infos}
     for arg in args:
+        if arg.key == "seed" and not any("seed" in i.defaults for i in infos):
+            # the seed is a run option shared by every method, not a method parameter
+            raise ParameterError(
+                f"--param {arg.display}: the seed is not a method parameter; use --seed N"
+            )
         if arg.method is not None:
             info = get_method(arg.method)
             if info.name not in selected:

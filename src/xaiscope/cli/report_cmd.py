@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from xaiscope.cli.common import UsageError, check_device, load_model
+from xaiscope.cli.common import UsageError, check_device, load_model, probe_writable_dir
 from xaiscope.cli.explain_cmd import (
     DEFAULT_MODEL,
     SAMPLE_PREFIX,
@@ -155,11 +154,7 @@ def check_out_file(out: Path) -> None:
     """Fail early if the report file cannot be written."""
     if out.exists() and out.is_dir():
         raise ParameterError(f"--out {out}: is a folder; give a file name such as report.html")
-    parent = out.parent if str(out.parent) else Path(".")
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ParameterError(f"--out {out}: cannot write in {parent}")
+    probe_writable_dir(out.parent if str(out.parent) else Path("."), f"--out {out}")
 
 
 def run(args: argparse.Namespace) -> int:

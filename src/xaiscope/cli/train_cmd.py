@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from xaiscope.cli.common import UsageError, check_device
@@ -107,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
     if not args.lr > 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
+    if args.out is not None:  # the curves are written after training: fail before it
+        from xaiscope.cli.explain_cmd import check_out_dir
+
+        check_out_dir(Path(args.out))
     device = check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -353,8 +354,16 @@ def _load_path(path: Path, *, device: str | torch.device | None = None, **kw: An
         raise ModelLoadError(f"model file not found: {path}")
     map_location = device or "cpu"
     try:
-        module = torch.jit.load(str(path), map_location=map_location)
-    except RuntimeError:
+        with warnings.catch_warnings():
+            # torch >= 2.9 deprecates torch.jit.load; TorchScript files are still what we
+            # load, and the warning would add two lines to every CLI run on a .pt file
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category, module=r"torch\.jit")
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.load.* is deprecated", category=category
+                )
+            module = torch.jit.load(str(path), map_location=map_location)
+    except Exception:  # not TorchScript (or unreadable): the checkpoint path says why
         module = None
     if module is not None:
         return TorchModel(
@@ -366,11 +375,16 @@ def _load_path(path: Path, *, device: str | torch.device | None = None, **kw: An
             **kw,
         )
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # "Detected pickle protocol 4": noise next to the one-line error below
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot load {path}: not TorchScript and not a safe xaiscope checkpoint "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"cannot load {path}: not TorchScript and not a safe state dict or checkpoint "
+            f"that xaiscope can load ({_torch_load_reason(exc)}); save the module with "
+            "torch.jit.save, or, for a file you trust, build the module in Python and pass "
+            "it to xs.wrap(module)"
         ) from exc
     if not (isinstance(ckpt, dict) and "xaiscope_arch" in ckpt):
         raise ModelLoadError(
@@ -378,6 +392,24 @@ def _load_path(path: Path, *, device: str | torch.device | None = None, **kw: An
             "or wrap it with xs.wrap(module) after building it yourself"
         )
     return _from_checkpoint(ckpt, path, device=device)
+
+
+def _torch_load_reason(exc: BaseException) -> str:
+    """The gist of a failed ``torch.load(weights_only=True)``, without torch's advice.
+
+    torch suggests re-running with ``weights_only=False`` (or allow-listing globals), which
+    runs arbitrary code from the file: never repeat that to a user of an unknown file.
+    """
+    text, prefix = str(exc), ""
+    if "WeightsUnpickler error:" in text:
+        # "Unsupported operand 122" (corrupt / not torch) or "Unsupported global: GLOBAL x"
+        text, prefix = text.split("WeightsUnpickler error:", 1)[1], "safe unpickling: "
+    elif isinstance(exc, EOFError) or not text.strip():
+        return "the file is empty or cut short"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # keep the first sentence: the rest of torch's messages is advice
+    first = lines[0].split(". ", 1)[0].rstrip(".") if lines else ""
+    return prefix + first if first else type(exc).__name__
 
 
 def save_checkpoint(model: TorchModel, path: str | os.PathLike[str], arch: str) -> Path:

@@ -196,10 +196,10 @@ def explain(
             from xaiscope.errors import UnsupportedModelError
 
             raise UnsupportedModelError(f"{info.name}: " + model._no_gradients_message())
-        if info.uses_layer and not info.applicable(model) and not model.layers():
+        if info.uses_layer and not model.supports_gradients and not model.layers():
             from xaiscope.errors import UnsupportedModelError
 
-            # before "give layer=": a model without layers cannot take one
+            # before "give layer=": a black box without layers cannot take one
             raise UnsupportedModelError(
                 f"{info.name} needs a layer, and this model has none: "
                 + model._no_gradients_message()

@@ -449,3 +449,23 @@ def test_per_image_segmentation_array_with_several_targets(method):
     exps = xs.explain(model, images, method=method, segmentation=seg, target="top2", seed=0)
     for e in exps:
         assert [int(c) for c in e.extras["n_superpixels"]] == [4, 8]
+
+
+@pytest.mark.parametrize("method", ["lime", "kernelshap"])
+def test_targets_of_one_image_share_the_perturbed_forwards(method):
+    # the target sets of an image draw the same coalitions: scored once, read K times
+    net = SmallCNN(classes=3)
+    rows = [0]
+    net.register_forward_hook(lambda _m, _i, out: rows.__setitem__(0, rows[0] + out.shape[0]))
+    model = identity_wrap(net, size=16)
+    images = rand_images(2, size=16, seed=6)
+    kw = {"segmentation": "grid", "n_segments": 16, "n_samples": 50, "seed": 1}
+    rows[0] = 0
+    xs.explain(model, images, method=method, target="top1", **kw)
+    top1 = rows[0]
+    rows[0] = 0
+    both = xs.explain(model, images, method=method, target="top2", **kw)
+    assert rows[0] == top1
+    for e in both:
+        one = xs.explain(model, images, method=method, target=[int(t) for t in e.targets], **kw)
+        np.testing.assert_array_equal(e.maps, one.maps)

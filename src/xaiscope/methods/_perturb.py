@@ -27,13 +27,17 @@ def scores_of(
     """Scores (total,) of the rows ``build(start, stop)`` returns as (model inputs, targets).
 
     ``targets`` are class indices (rows,) whose output is read: the model's raw output
-    (logits for torch models, whatever a black-box function returns).
+    (logits for torch models, whatever a black-box function returns); with (rows, K)
+    targets every row's K scores are read and the result is (total, K).
     """
 
     def step(start: int, stop: int) -> torch.Tensor:
         x, targets = build(start, stop)
         out = ctx.model.forward(x)
-        return out.float().gather(1, targets.to(out.device)[:, None])[:, 0]
+        targets = targets.to(out.device)
+        if targets.ndim == 2:
+            return out.float().gather(1, targets)
+        return out.float().gather(1, targets[:, None])[:, 0]
 
     parts = run_batched(step, total, ctx.batch_size, desc=desc, progress=ctx.progress)
     return torch.cat(parts) if parts else torch.zeros(0, device=ctx.x.device)

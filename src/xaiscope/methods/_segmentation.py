@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from xaiscope.errors import ParameterError, XaiscopeError
-from xaiscope.methods._perturb import fill_image, scores_of
+from xaiscope.methods._perturb import ImageGroups, fill_image, image_groups, scores_of
 from xaiscope.methods.registry import MethodContext
 
 SEGMENTATIONS = ("slic", "quickshift", "grid")
@@ -236,7 +236,25 @@ def score_coalitions(
             out = torch.where(mask, keep[r], hide[r])
         return (out if fill_in is not None else ctx.model.normalize(out)), ctx.targets[r]
 
-    scores = scores_of(ctx, coalitions.shape[0], build, desc=desc)
+    shared = _shared_blocks(ctx, coal, rows)
+    if shared is None:
+        scores = scores_of(ctx, coalitions.shape[0], build, desc=desc)
+    else:
+        # rows holding the same image (one per target set) drew the same coalitions:
+        # score the first row's once and read every target of the image from them
+        groups, pick, take = shared
+        read = groups.member_targets(ctx.targets)  # (U, K)
+        coal_u, rows_u = coal[pick], rows[pick]
+
+        def build_shared(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+            r = rows_u[start:stop]
+            mask = coal_u[start:stop].gather(1, seg_flat[r]).view(-1, 1, h, w)
+            out = torch.where(mask, keep[r], hide[r])
+            model_in = out if fill_in is not None else ctx.model.normalize(out)
+            return model_in, read[groups.inverse[r]]
+
+        per_target = scores_of(ctx, int(pick.numel()), build_shared, desc=desc)  # (T_u, K)
+        scores = per_target[take, groups.position[rows]]
     bad = ~torch.isfinite(scores)
     if bool(bad.any()):
         imgs = sorted({int(i) for i in rows[bad.to(rows.device)].tolist()})
@@ -246,6 +264,34 @@ def score_coalitions(
             "a surrogate cannot be fitted to it"
         )
     return scores
+
+
+def _shared_blocks(
+    ctx: MethodContext, coal: torch.Tensor, rows: torch.Tensor
+) -> tuple[ImageGroups, torch.Tensor, torch.Tensor] | None:
+    """Where rows of the same image (stacked target sets) hold identical coalition blocks:
+    (groups, the coalitions of each image's first row, for every coalition the index of
+    its twin among those); None when nothing is shared."""
+    n = ctx.x.shape[0]
+    if n < 2 or rows.numel() == 0:
+        return None
+    groups = image_groups(ctx.x)
+    if groups.size == n:
+        return None
+    counts = torch.bincount(rows, minlength=n)
+    offset = torch.cumsum(counts, 0) - counts
+    first = groups.first[groups.inverse]  # (N,) the first row of each row's image
+    if not bool((counts == counts[first]).all()):
+        return None
+    t = torch.arange(rows.numel(), device=rows.device)
+    twin = offset[first[rows]] + (t - offset[rows])  # the same coalition of the first row
+    if not torch.equal(coal, coal[twin]):
+        return None
+    is_first = first == torch.arange(n, device=rows.device)
+    pick = is_first[rows]
+    # position of each first-row coalition among the picked ones
+    slot = torch.cumsum(pick.long(), 0) - 1
+    return groups, pick, slot[twin]
 
 
 def expand_values(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:

@@ -557,7 +557,7 @@ class TorchModel(Model):
                     if (
                         x.device.type == "cpu"
                         and x.ndim == 4
-                        and x.is_floating_point()
+                        and x.dtype in (torch.float32, torch.float64)
                         and x.is_contiguous()
                         and x.shape[1] > 1
                     ):

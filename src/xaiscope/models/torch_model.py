@@ -628,11 +628,12 @@ class TorchModel(Model):
         only where it changes nothing: once per module state, the input gradient of one image
         is computed in both layouts (with the gradient pass's own backward, ``pairs`` from
         :meth:`_conv_batchnorm_pairs`, and torch's own convolution kernels on both sides,
-        not the NCHW-only :mod:`.stem_grads` path) and must be bit-identical (the same kernels; the logits
-        may differ by float rounding, up to 1e-6 of their largest magnitude, as a global
-        average pool sums in another order). Where the layouts pick different kernels
-        (ResNet-50's 3x3 convolutions), float rounding moves ReLU units at their kinks and
-        the gradients differ by up to ~1e-2, so the module's own layout is kept. The check
+        not the NCHW-only :mod:`.stem_grads` path) and must be bit-identical (the same
+        kernels; the logits may differ by float rounding, up to 1e-6 of their largest
+        magnitude, as a global average pool sums in another order). Where the layouts pick
+        different kernels (ResNet-50's 3x3 convolutions), float rounding moves ReLU units at
+        their kinks and the gradients differ by up to ~1e-2, so the module's own layout is
+        kept. The check
         (two batch-1 gradient passes) runs only for batches of 2 or more rows, and again
         when the module or the number of torch threads changes (on EfficientNet-Lite0 the
         layouts agree bit for bit with one thread, not with two).

@@ -469,3 +469,97 @@ def test_targets_of_one_image_share_the_perturbed_forwards(method):
     for e in both:
         one = xs.explain(model, images, method=method, target=[int(t) for t in e.targets], **kw)
         np.testing.assert_array_equal(e.maps, one.maps)
+
+
+# ------------------------------------------------------------------------------ L1 selection
+def _shap_values_on_cells(net, image, segments, l1_reg):
+    """shap's KernelExplainer on the superpixel game itself (all 2^M coalitions evaluated)."""
+    shap = pytest.importorskip("shap")
+    img01 = image / 255.0
+    m = int(segments.max()) + 1
+
+    def game(z: np.ndarray) -> np.ndarray:
+        keep = z[:, segments].astype(np.float64)  # (k, H, W)
+        batch = img01[None] * keep[..., None]
+        with torch.no_grad():
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+            return net(x)[:, 0].double().numpy()
+
+    explainer = shap.KernelExplainer(game, np.zeros((1, m)))
+    return np.asarray(
+        explainer.shap_values(np.ones((1, m)), nsamples=2**m, l1_reg=l1_reg, silent=True)
+    ).reshape(m)
+
+
+@pytest.mark.parametrize("l1_reg", ["num_features(3)", "aic", "bic", 0.002])
+def test_kernelshap_l1_selection_equals_shap(l1_reg):
+    net = CellGame()
+    model = identity_wrap(net, size=16)
+    image = smooth_image(16, seed=5)
+    kw = dict(method="kernelshap", target=0, segmentation="grid", n_segments=8, fill=0.0)
+    e = xs.explain(model, image, l1_reg=l1_reg, **kw)
+    assert bool(e.extras["exact"][0])
+    values = e.extras["values"][0].double().numpy()
+    ref = _shap_values_on_cells(net, image, e.extras["segments"][0].numpy(), l1_reg)
+    np.testing.assert_allclose(values, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    kept = int(e.extras["selected"][0])
+    assert kept == np.count_nonzero(values) and kept >= 1
+    if l1_reg == "num_features(3)":
+        assert kept == 3
+    elif isinstance(l1_reg, float):
+        assert kept < 8  # this alpha drops some (the criteria keep all 8 this game uses)
+    # the survivors still carry all of f(x) - f(baseline)
+    plain = xs.explain(model, image, **kw)
+    assert values.sum() == pytest.approx(plain.extras["values"][0].double().sum(), rel=1e-6)
+    assert abs(float(e.delta[0])) < 1e-5
+
+
+def test_kernelshap_l1_finds_the_one_superpixel_and_auto_keeps_exact_values():
+    model = identity_wrap(SquareModel(), size=32)
+    image = smooth_image(32)
+    kw = dict(method="kernelshap", target=0, segmentation="grid", n_segments=16, fill=0.0, seed=0)
+    e = xs.explain(model, image, n_samples=200, exact_limit=0, l1_reg=1, **kw)
+    values = e.extras["values"][0].numpy()
+    assert np.flatnonzero(values).tolist() == [6]
+    assert values[6] == pytest.approx(float(e.scores[0]), rel=1e-5)  # f(x) - f(black)
+    # 'auto' selects (AIC) when under 20 % of the coalitions are evaluated...
+    auto = xs.explain(model, image, n_samples=200, exact_limit=0, l1_reg="auto", **kw)
+    assert int(auto.extras["selected"][0]) < 16
+    # ...and leaves enumerated (exact) values alone
+    small = dict(kw, n_segments=8, segmentation="grid")
+    exact = xs.explain(model, image, l1_reg="auto", **small)
+    none = xs.explain(model, image, **small)
+    assert bool(exact.extras["exact"][0]) and int(exact.extras["selected"][0]) == 8
+    assert torch.equal(torch.as_tensor(exact.raw), torch.as_tensor(none.raw))
+
+
+@pytest.mark.parametrize(
+    "l1_reg", ["lasso", "num_features(0)", -0.5, True, "num_features(x)", float("nan")]
+)
+def test_kernelshap_bad_l1_reg(l1_reg):
+    model = identity_wrap(CellGame(), size=16)
+    with pytest.raises(ParameterError, match="l1_reg"):
+        xs.explain(model, smooth_image(16), method="kernelshap", l1_reg=l1_reg)
+
+
+def test_kernelshap_information_criterion_needs_enough_samples():
+    model = identity_wrap(CellGame(), size=16)
+    with pytest.raises(ParameterError, match="num_features"):
+        xs.explain(
+            model, smooth_image(16), method="kernelshap", segmentation="grid", n_segments=16,
+            fill=0.0, n_samples=6, exact_limit=0, l1_reg="bic", seed=0,
+        )  # fmt: skip
+
+
+def test_l1_reg_reads_from_the_command_line():
+    from xaiscope.cli.params import coerce
+    from xaiscope.methods.kernelshap import parse_l1_reg
+    from xaiscope.methods.registry import get_method
+
+    default = get_method("kernelshap").defaults["l1_reg"]
+    assert parse_l1_reg(coerce("num_features(5)", default, "l1_reg")) == ("num", 5.0)
+    assert parse_l1_reg(coerce("7", default, "l1_reg")) == ("num", 7.0)
+    assert parse_l1_reg(coerce("0.01", default, "l1_reg")) == ("alpha", 0.01)
+    assert parse_l1_reg(coerce("AIC", default, "l1_reg")) == ("aic", 0.0)
+    assert parse_l1_reg(coerce("false", default, "l1_reg")) == ("none", 0.0)
+    assert parse_l1_reg(coerce("none", default, "l1_reg")) == ("none", 0.0)

@@ -15,6 +15,14 @@ models, a black-box function's output as it is); the baseline is v(0), all super
   the kernel's weight per size, each sample paired with its complement, repeats counted.
 - the fit enforces efficiency, sum_j phi_j = v(1) - v(0), by eliminating the last variable
   (as shap does), and solves the weighted least squares in torch (float64, minimum-norm).
+- ``l1_reg`` selects the superpixels that get a value before that fit, with shap's rules
+  (Lundberg & Lee's L1 option): ``None`` (default) or ``False`` none; ``"num_features(k)"`` (or an
+  int k) the first k features on the LARS path; ``"aic"``/``"bic"`` a LassoLars fit by that
+  information criterion; a float the nonzero coefficients of a Lasso with that alpha;
+  ``"auto"`` AIC when fewer than 20 % of the 2^M - 2 coalitions were evaluated, else none.
+  The selection runs on the samples augmented as ``(z, y)`` with weight w (M - |z|) and
+  ``(z - 1, y - (v(1) - v(0)))`` with weight w |z|, so that it respects efficiency;
+  unselected superpixels get exactly 0, and the selected ones still sum to v(1) - v(0).
 
 Raw: (N, C, H, W), each pixel carrying its superpixel's value (broadcast over channels);
 map: (N, H, W) the same. ``delta``: sum of values minus (f(x) - f(baseline)) (0 up to
@@ -22,14 +30,16 @@ rounding). ``extras``: ``segments`` (N, H, W), ``values`` (N, M_max) with NaN be
 image's M_i, ``n_superpixels`` (N,), ``base_value`` f(baseline) (N,), ``fx`` f(x) (N,),
 ``exact`` (N,) bool. Cost: n_samples + 1 forward passes per image and target (2^M - 1 when
 enumerated), plus an M x M solve. Limits: values depend on the segmentation and the fill;
-no L1 feature selection (shap's ``l1_reg=False``); fewer samples than superpixels leave the fit
-under-determined (flagged in ``warnings``).
+fewer samples than superpixels leave the fit under-determined (flagged in ``warnings``;
+``l1_reg="num_features(k)"`` with k below the number of samples is the remedy); an L1
+selection trades exactness for sparsity (``extras["selected"]`` counts the survivors).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -160,6 +170,84 @@ def efficient_wls(
     return torch.cat([rest, (total - rest.sum()).reshape(1)])
 
 
+def parse_l1_reg(l1_reg: Any) -> tuple[str, float]:
+    """(rule, parameter) of an ``l1_reg`` value; :class:`ParameterError` if it is none."""
+    if (
+        l1_reg is None
+        or l1_reg is False
+        or (isinstance(l1_reg, (int, float)) and not isinstance(l1_reg, bool) and l1_reg == 0)
+    ):
+        return "none", 0.0
+    if isinstance(l1_reg, str):
+        text = l1_reg.strip().lower()
+        if text in ("auto", "aic", "bic"):
+            return text, 0.0
+        if text in ("false", "none", "off"):
+            return "none", 0.0
+        match = re.fullmatch(r"num_features\(\s*(\d+)\s*\)", text)
+        if match and int(match.group(1)) >= 1:
+            return "num", float(match.group(1))
+    elif isinstance(l1_reg, int) and not isinstance(l1_reg, bool) and l1_reg >= 1:
+        return "num", float(l1_reg)
+    elif isinstance(l1_reg, float) and math.isfinite(l1_reg) and l1_reg > 0:
+        return "alpha", l1_reg
+    raise ParameterError(
+        f"l1_reg must be False, 'auto', 'aic', 'bic', 'num_features(k)' or an int k >= 1, or "
+        f"a Lasso alpha > 0; got {l1_reg!r}"
+    )
+
+
+def l1_select(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    total: float,
+    rule: str,
+    param: float,
+    fraction: float,
+) -> np.ndarray | None:
+    """Indices of the features an L1 rule keeps, or None for all of them.
+
+    ``z`` (S, M) coalitions, ``y`` (S,) v(z) - v(0), ``w`` (S,) kernel weights, ``total``
+    v(1) - v(0), ``fraction`` of the 2^M - 2 coalitions evaluated (for ``"auto"``).
+    """
+    if rule == "none" or (rule == "auto" and fraction >= 0.2):
+        return None
+    from sklearn.linear_model import Lasso, LassoLarsIC, lars_path
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    zn = z.double().cpu().numpy()
+    yn = y.double().cpu().numpy()
+    wn = w.double().cpu().numpy()
+    wn = wn / wn.sum()  # as shap's weights: a Lasso alpha means the same on both
+    m = zn.shape[1]
+    size = zn.sum(1)
+    # each sample twice: as it is, and seen from the full coalition (efficiency)
+    root = np.sqrt(np.concatenate([wn * (m - size), wn * size]))
+    xa = np.concatenate([zn, zn - 1]) * root[:, None]
+    ya = np.concatenate([yn, yn - total]) * root
+    if rule == "num":
+        keep = np.asarray(lars_path(xa, ya, max_iter=int(param))[1], dtype=np.int64)
+    elif rule in ("auto", "aic", "bic"):
+        crit = "aic" if rule == "auto" else rule
+        if xa.shape[0] <= m + 1:
+            # its noise estimate needs more rows than columns plus the intercept
+            raise ParameterError(
+                f"l1_reg={crit!r} needs more than {(m + 1) // 2 + 1} coalitions for "
+                f"{m} superpixels, got {zn.shape[0]}; raise n_samples or use "
+                "l1_reg='num_features(k)'"
+            )
+        fit = make_pipeline(StandardScaler(with_mean=False), LassoLarsIC(criterion=crit))
+        keep = np.flatnonzero(fit.fit(xa, ya)[1].coef_)
+    else:
+        keep = np.flatnonzero(Lasso(alpha=param).fit(xa, ya).coef_)
+    if keep.size == 0:
+        # keep efficiency: the single feature that enters the LARS path first
+        keep = np.asarray(lars_path(xa, ya, max_iter=1)[1], dtype=np.int64)
+    return np.sort(keep)
+
+
 @register(
     "kernelshap",
     family="perturbation",
@@ -177,9 +265,11 @@ def kernelshap(
     n_segments: int = 50,
     fill: Any = "mean",
     exact_limit: int = 10,
+    l1_reg: Any = None,
 ) -> MethodOutput:
     if n_samples < 1:
         raise ParameterError(f"kernelshap needs n_samples >= 1, got {n_samples}")
+    rule, rule_param = parse_l1_reg(l1_reg)
     if not 0 <= exact_limit <= MAX_EXACT:
         raise ParameterError(f"exact_limit must lie in [0, {MAX_EXACT}], got {exact_limit}")
     device = ctx.x.device
@@ -227,10 +317,23 @@ def kernelshap(
     )
     values = torch.full((n, m_max), float("nan"), dtype=dt, device=device)
     base = torch.zeros(n, dtype=dt, device=device)
+    selected = []
     for i, (block, m) in enumerate(zip(scores.to(dt).split(sizes), counts)):
         base[i] = block[0]
         z = blocks[i][1:, :m].to(dt)
-        values[i, :m] = efficient_wls(z, block[1:] - block[0], kernel_w[i].to(dt), fx[i] - block[0])
+        y, w, total = block[1:] - block[0], kernel_w[i].to(dt), fx[i] - block[0]
+        keep = None
+        if m > 1:
+            fraction = z.shape[0] / (2**m - 2)
+            keep = l1_select(z, y, w, float(total), rule, rule_param, fraction)
+        if keep is None:
+            values[i, :m] = efficient_wls(z, y, w, total)
+            selected.append(m)
+        else:
+            idx = torch.as_tensor(keep, device=device)
+            values[i, :m] = 0.0
+            values[i, idx] = efficient_wls(z[:, idx], y, w, total)
+            selected.append(len(keep))
     map_ = expand_values(torch.nan_to_num(values, nan=0.0), segments).float()
     raw = map_[:, None].expand(-1, ctx.x.shape[1], -1, -1).contiguous()
     delta = torch.nansum(values, dim=1) - (fx - base)
@@ -241,5 +344,6 @@ def kernelshap(
         "base_value": base.float(),
         "fx": fx.float(),
         "exact": torch.tensor(exact, device=device),
+        "selected": torch.tensor(selected, device=device),
     }
     return MethodOutput(raw=raw, map=map_, delta=delta.float(), extras=extras, warnings=notes)

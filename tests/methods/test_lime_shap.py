@@ -491,7 +491,7 @@ def _shap_values_on_cells(net, image, segments, l1_reg):
     ).reshape(m)
 
 
-@pytest.mark.parametrize("l1_reg", ["num_features(3)", "aic", "bic", 0.002])
+@pytest.mark.parametrize("l1_reg", ["num_features(3)", "aic", "bic", 0.002, 2])
 def test_kernelshap_l1_selection_equals_shap(l1_reg):
     net = CellGame()
     model = identity_wrap(net, size=16)
@@ -503,7 +503,11 @@ def test_kernelshap_l1_selection_equals_shap(l1_reg):
     ref = _shap_values_on_cells(net, image, e.extras["segments"][0].numpy(), l1_reg)
     np.testing.assert_allclose(values, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
     kept = int(e.extras["selected"][0])
-    assert kept == np.count_nonzero(values) and kept >= 1
+    assert kept == np.count_nonzero(values)
+    if l1_reg == 2:  # so strong that nothing is kept: all 0, as in shap, and flagged
+        assert kept == 0 and any("kept no superpixel" in w for w in e.warnings)
+        return
+    assert kept >= 1 and not e.warnings
     if l1_reg == "num_features(3)":
         assert kept == 3
     elif isinstance(l1_reg, float):
@@ -518,7 +522,7 @@ def test_kernelshap_l1_finds_the_one_superpixel_and_auto_keeps_exact_values():
     model = identity_wrap(SquareModel(), size=32)
     image = smooth_image(32)
     kw = dict(method="kernelshap", target=0, segmentation="grid", n_segments=16, fill=0.0, seed=0)
-    e = xs.explain(model, image, n_samples=200, exact_limit=0, l1_reg=1, **kw)
+    e = xs.explain(model, image, n_samples=200, exact_limit=0, l1_reg="num_features(1)", **kw)
     values = e.extras["values"][0].numpy()
     assert np.flatnonzero(values).tolist() == [6]
     assert values[6] == pytest.approx(float(e.scores[0]), rel=1e-5)  # f(x) - f(black)
@@ -534,7 +538,7 @@ def test_kernelshap_l1_finds_the_one_superpixel_and_auto_keeps_exact_values():
 
 
 @pytest.mark.parametrize(
-    "l1_reg", ["lasso", "num_features(0)", -0.5, True, "num_features(x)", float("nan")]
+    "l1_reg", ["lasso", "num_features(0)", -0.5, True, "num_features(x)", float("nan"), -2]
 )
 def test_kernelshap_bad_l1_reg(l1_reg):
     model = identity_wrap(CellGame(), size=16)
@@ -558,8 +562,33 @@ def test_l1_reg_reads_from_the_command_line():
 
     default = get_method("kernelshap").defaults["l1_reg"]
     assert parse_l1_reg(coerce("num_features(5)", default, "l1_reg")) == ("num", 5.0)
-    assert parse_l1_reg(coerce("7", default, "l1_reg")) == ("num", 7.0)
+    # as in shap, a number is a Lasso alpha, whether it reads as an int or a float
+    assert parse_l1_reg(coerce("2", default, "l1_reg")) == ("alpha", 2.0)
     assert parse_l1_reg(coerce("0.01", default, "l1_reg")) == ("alpha", 0.01)
+    assert parse_l1_reg(coerce("0", default, "l1_reg")) == ("none", 0.0)
+    assert parse_l1_reg(np.float32(0.5)) == ("alpha", 0.5)
+    assert parse_l1_reg(np.int64(3)) == ("alpha", 3.0)
     assert parse_l1_reg(coerce("AIC", default, "l1_reg")) == ("aic", 0.0)
     assert parse_l1_reg(coerce("false", default, "l1_reg")) == ("none", 0.0)
     assert parse_l1_reg(coerce("none", default, "l1_reg")) == ("none", 0.0)
+
+
+class ReadsThenIgnores(nn.Module):
+    """Class 0 reads the image; class 1 is a constant (a dead logit)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x.mean((1, 2, 3)), torch.zeros(x.shape[0])], 1)
+
+
+@pytest.mark.parametrize("l1_reg", ["num_features(3)", "aic", 1e-6])
+def test_kernelshap_l1_on_a_flat_target_gives_zeros_not_an_error(l1_reg):
+    model = identity_wrap(ReadsThenIgnores(), size=16)
+    kw = dict(method="kernelshap", segmentation="grid", n_segments=8, fill=0.0, l1_reg=l1_reg)
+    # with two targets the flat one must not take the other down
+    live, flat = xs.explain(model, smooth_image(16), target="top2", **kw)
+    assert int(live.targets[0]) == 0 and int(flat.targets[0]) == 1
+    assert np.count_nonzero(flat.extras["values"][0].numpy()) == 0
+    assert int(flat.extras["selected"][0]) == 0
+    assert not any("kept no superpixel" in w for w in flat.warnings)  # nothing to keep
+    assert int(live.extras["selected"][0]) >= 1
+    assert abs(float(live.delta[0])) < 1e-5

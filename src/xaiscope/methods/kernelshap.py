@@ -16,19 +16,23 @@ models, a black-box function's output as it is); the baseline is v(0), all super
 - the fit enforces efficiency, sum_j phi_j = v(1) - v(0), by eliminating the last variable
   (as shap does), and solves the weighted least squares in torch (float64, minimum-norm).
 - ``l1_reg`` selects the superpixels that get a value before that fit, with shap's rules
-  (Lundberg & Lee's L1 option): ``None`` (default) or ``False`` none; ``"num_features(k)"`` (or an
-  int k) the first k features on the LARS path; ``"aic"``/``"bic"`` a LassoLars fit by that
-  information criterion; a float the nonzero coefficients of a Lasso with that alpha;
+  (Lundberg & Lee's L1 option): ``None`` (default), ``False`` or 0 none;
+  ``"num_features(k)"`` the first k features on the LARS path; ``"aic"``/``"bic"`` a
+  LassoLars fit by that information criterion; a number the nonzero coefficients of a Lasso
+  with that alpha;
   ``"auto"`` AIC when fewer than 20 % of the 2^M - 2 coalitions were evaluated, else none.
   The selection runs on the samples augmented as ``(z, y)`` with weight w (M - |z|) and
   ``(z - 1, y - (v(1) - v(0)))`` with weight w |z|, so that it respects efficiency;
   unselected superpixels get exactly 0, and the selected ones still sum to v(1) - v(0).
+  When a rule keeps none (a flat score, a large alpha) every value is 0, as in shap, and an
+  image whose v(1) - v(0) is not 0 is flagged in ``warnings``.
 
 Raw: (N, C, H, W), each pixel carrying its superpixel's value (broadcast over channels);
 map: (N, H, W) the same. ``delta``: sum of values minus (f(x) - f(baseline)) (0 up to
 rounding). ``extras``: ``segments`` (N, H, W), ``values`` (N, M_max) with NaN beyond each
 image's M_i, ``n_superpixels`` (N,), ``base_value`` f(baseline) (N,), ``fx`` f(x) (N,),
-``exact`` (N,) bool. Cost: n_samples + 1 forward passes per image and target (2^M - 1 when
+``exact`` (N,) bool, ``selected`` (N,) superpixels with a value (M_i without ``l1_reg``).
+Cost: n_samples + 1 forward passes per image and target (2^M - 1 when
 enumerated), plus an M x M solve. Limits: values depend on the segmentation and the fill;
 fewer samples than superpixels leave the fit under-determined (flagged in ``warnings``;
 ``l1_reg="num_features(k)"`` with k below the number of samples is the remedy); an L1
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import re
 from typing import Any
 
@@ -171,29 +176,31 @@ def efficient_wls(
 
 
 def parse_l1_reg(l1_reg: Any) -> tuple[str, float]:
-    """(rule, parameter) of an ``l1_reg`` value; :class:`ParameterError` if it is none."""
-    if (
-        l1_reg is None
-        or l1_reg is False
-        or (isinstance(l1_reg, (int, float)) and not isinstance(l1_reg, bool) and l1_reg == 0)
-    ):
+    """(rule, parameter) of an ``l1_reg`` value; :class:`ParameterError` if it is none.
+
+    As in shap: a number is a Lasso alpha (0: no selection); a count of features is only
+    ``"num_features(k)"``.
+    """
+    if l1_reg is None or l1_reg is False:
         return "none", 0.0
     if isinstance(l1_reg, str):
         text = l1_reg.strip().lower()
         if text in ("auto", "aic", "bic"):
             return text, 0.0
-        if text in ("false", "none", "off"):
+        if text in ("false", "none", "off", "0"):
             return "none", 0.0
         match = re.fullmatch(r"num_features\(\s*(\d+)\s*\)", text)
         if match and int(match.group(1)) >= 1:
             return "num", float(match.group(1))
-    elif isinstance(l1_reg, int) and not isinstance(l1_reg, bool) and l1_reg >= 1:
-        return "num", float(l1_reg)
-    elif isinstance(l1_reg, float) and math.isfinite(l1_reg) and l1_reg > 0:
-        return "alpha", l1_reg
+    elif isinstance(l1_reg, numbers.Real) and not isinstance(l1_reg, (bool, np.bool_)):
+        alpha = float(l1_reg)
+        if alpha == 0:
+            return "none", 0.0
+        if math.isfinite(alpha) and alpha > 0:
+            return "alpha", alpha
     raise ParameterError(
-        f"l1_reg must be False, 'auto', 'aic', 'bic', 'num_features(k)' or an int k >= 1, or "
-        f"a Lasso alpha > 0; got {l1_reg!r}"
+        "l1_reg must be None/False, 'auto', 'aic', 'bic', 'num_features(k)' with k >= 1, or a "
+        f"Lasso alpha >= 0; got {l1_reg!r}"
     )
 
 
@@ -227,6 +234,8 @@ def l1_select(
     root = np.sqrt(np.concatenate([wn * (m - size), wn * size]))
     xa = np.concatenate([zn, zn - 1]) * root[:, None]
     ya = np.concatenate([yn, yn - total]) * root
+    if not np.any(ya):
+        return np.zeros(0, dtype=np.int64)  # a flat score: nothing to select
     if rule == "num":
         keep = np.asarray(lars_path(xa, ya, max_iter=int(param))[1], dtype=np.int64)
     elif rule in ("auto", "aic", "bic"):
@@ -234,7 +243,7 @@ def l1_select(
         if xa.shape[0] <= m + 1:
             # its noise estimate needs more rows than columns plus the intercept
             raise ParameterError(
-                f"l1_reg={crit!r} needs more than {(m + 1) // 2 + 1} coalitions for "
+                f"l1_reg={crit!r} needs at least {(m + 1) // 2 + 1} coalitions for "
                 f"{m} superpixels, got {zn.shape[0]}; raise n_samples or use "
                 "l1_reg='num_features(k)'"
             )
@@ -242,9 +251,6 @@ def l1_select(
         keep = np.flatnonzero(fit.fit(xa, ya)[1].coef_)
     else:
         keep = np.flatnonzero(Lasso(alpha=param).fit(xa, ya).coef_)
-    if keep.size == 0:
-        # keep efficiency: the single feature that enters the LARS path first
-        keep = np.asarray(lars_path(xa, ya, max_iter=1)[1], dtype=np.int64)
     return np.sort(keep)
 
 
@@ -330,10 +336,20 @@ def kernelshap(
             values[i, :m] = efficient_wls(z, y, w, total)
             selected.append(m)
         else:
-            idx = torch.as_tensor(keep, device=device)
             values[i, :m] = 0.0
-            values[i, idx] = efficient_wls(z[:, idx], y, w, total)
             selected.append(len(keep))
+            if len(keep):
+                idx = torch.as_tensor(keep, device=device)
+                values[i, idx] = efficient_wls(z[:, idx], y, w, total)
+            elif abs(float(total)) > 1e-7 * max(abs(float(fx[i])), 1.0):
+                # as shap: every value 0; the gap shows in delta
+                notes.append(
+                    (
+                        i,
+                        f"l1_reg={l1_reg!r} kept no superpixel, so every value is 0 although "
+                        f"f(x) - f(baseline) = {float(total):.4g}; use a weaker rule",
+                    )
+                )
     map_ = expand_values(torch.nan_to_num(values, nan=0.0), segments).float()
     raw = map_[:, None].expand(-1, ctx.x.shape[1], -1, -1).contiguous()
     delta = torch.nansum(values, dim=1) - (fx - base)

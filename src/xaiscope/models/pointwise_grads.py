@@ -22,6 +22,30 @@ import torch
 BATCHED_BELOW_PIXELS = 128
 
 
+def plain_cpu_conv(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    padding: tuple[int, ...] | str,
+    dilation: tuple[int, ...],
+    groups: int,
+) -> bool:
+    """Whether a 2-D convolution's backward is one these CPU rewrites cover: float32 CPU
+    tensors of 4 dimensions, numeric padding, no dilation, one group, an NCHW ``grad``."""
+    return (
+        x.device.type == "cpu"
+        and x.ndim == 4
+        and grad.ndim == 4
+        and x.dtype == torch.float32
+        and grad.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and groups == 1
+        and not isinstance(padding, str)
+        and all(d == 1 for d in dilation)
+        and grad.is_contiguous()
+    )
+
+
 def pointwise_input_grad(
     grad: torch.Tensor,
     x: torch.Tensor,
@@ -38,19 +62,10 @@ def pointwise_input_grad(
     channels-last input, CUDA, another dtype) returns None for the native backward.
     """
     if (
-        x.device.type != "cpu"
-        or x.ndim != 4
-        or grad.ndim != 4
-        or x.dtype != torch.float32
-        or grad.dtype != torch.float32
-        or weight.dtype != torch.float32
+        not plain_cpu_conv(grad, x, weight, padding, dilation, groups)
         or tuple(weight.shape[2:]) != (1, 1)
-        or groups != 1
-        or isinstance(padding, str)
         or any(p != 0 for p in padding)
-        or any(d != 1 for d in dilation)
         or not x.is_contiguous()
-        or not grad.is_contiguous()
     ):
         return None
     n, c_out, h_out, w_out = grad.shape

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from xaiscope.models.pointwise_grads import plain_cpu_conv
+
 #: Inputs with at most this many channels (an image) take the phase convolution.
 MAX_INPUT_CHANNELS = 4
 
@@ -79,24 +81,17 @@ def stem_input_grad(
     ``grad``; anything else returns None for the native backward. The result is a
     contiguous (N, C_in, H, W) tensor.
     """
+    # (an NCHW grad only: a channels-last pass, EfficientNet-Lite0, already gets oneDNN's
+    # fast kernels)
     if (
-        x.device.type != "cpu"
-        or x.ndim != 4
-        or grad.ndim != 4
-        or x.dtype != torch.float32
-        or grad.dtype != torch.float32
-        or weight.dtype != torch.float32
+        not plain_cpu_conv(grad, x, weight, padding, dilation, groups)
         or x.shape[1] > MAX_INPUT_CHANNELS
-        or groups != 1
-        or isinstance(padding, str)
-        or any(d != 1 for d in dilation)
         or len(stride) != 2
         or stride[0] != stride[1]
         or stride[0] < 2
-        # a channels-last pass (EfficientNet-Lite0) already gets oneDNN's fast kernels
-        or not grad.is_contiguous()
     ):
         return None
+    assert not isinstance(padding, str)
     s = int(stride[0])
     n, _, h_out, w_out = grad.shape
     h, w = x.shape[2], x.shape[3]

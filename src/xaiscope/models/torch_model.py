@@ -179,6 +179,13 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
         return gx.contiguous(), None
 
 
+def _unpatch_forwards(modules: Sequence[nn.Module]) -> None:
+    """Remove the instance ``forward`` that shadows each module's class forward."""
+    for m in modules:
+        if "forward" in vars(m):
+            del m.forward
+
+
 def _two(v: int | tuple[int, ...]) -> list[int]:
     return [v, v] if isinstance(v, int) else [int(i) for i in v]
 
@@ -539,9 +546,7 @@ class TorchModel(Model):
                     patched.append(m)
             yield
         finally:
-            for m in patched:
-                if "forward" in vars(m):
-                    del m.forward
+            _unpatch_forwards(patched)
 
     @contextlib.contextmanager
     def _channels_last_pools(self) -> Iterator[None]:
@@ -569,9 +574,7 @@ class TorchModel(Model):
                 patched.append(m)
             yield
         finally:
-            for m in patched:
-                if "forward" in vars(m):
-                    del m.forward
+            _unpatch_forwards(patched)
 
     @contextlib.contextmanager
     def _guided(self, enabled: bool) -> Iterator[None]:

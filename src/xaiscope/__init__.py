@@ -35,6 +35,7 @@ from xaiscope.methods import get_method, method_names
 from xaiscope.metrics import Comparison, Evaluation, compare, evaluate, metric_names
 from xaiscope.models import Model, load_model, wrap
 from xaiscope.models.activations import Activations, AttentionMaps, activations, attention_maps
+from xaiscope.settings import config
 from xaiscope.train import TrainResult, train  # the function shadows the subpackage name
 
 __version__ = "0.1.0"
@@ -79,6 +80,7 @@ __all__ = [
     "activations",
     "attention_maps",
     "compare",
+    "config",
     "datasets",
     "evaluate",
     "explain",

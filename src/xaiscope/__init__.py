@@ -13,6 +13,7 @@ from xaiscope.data import ImageDataset, datasets, load_image, sample_images
 from xaiscope.errors import (
     DatasetError,
     DatasetOfflineError,
+    ExplanationFileError,
     ExplanationMismatchError,
     ImageLoadError,
     MaskError,
@@ -58,6 +59,7 @@ __all__ = [
     "DatasetOfflineError",
     "Evaluation",
     "Explanation",
+    "ExplanationFileError",
     "ExplanationMismatchError",
     "ImageDataset",
     "ImageLoadError",

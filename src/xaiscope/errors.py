@@ -88,3 +88,8 @@ class MaskError(XaiscopeError, ValueError):
 class ExplanationMismatchError(XaiscopeError, ValueError):
     """Explanations that must describe the same images do not (count, map sizes, or scores
     of the same model for the same target differ)."""
+
+
+class ExplanationFileError(XaiscopeError, ValueError):
+    """A saved explanation (``.npz``) cannot be used: not an archive xaiscope wrote, damaged,
+    or declaring arrays or metadata beyond the limits (size, dtype, nesting, NaN maps)."""

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
+import xaiscope as xs
 from xaiscope.data import image_id, load_image, sample_images
 from xaiscope.data import images as images_mod
 from xaiscope.errors import ImageLoadError, XaiscopeError
@@ -303,14 +304,14 @@ def test_exif_orientation_applied_exactly_once(tmp_path: Path) -> None:
 # --- decompression bombs -----------------------------------------------------------------------
 
 
-def test_bomb_refused_by_max_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bomb_refused_by_max_pixels(tmp_path: Path) -> None:
     path = _save(Image.new("RGB", (20, 20)), tmp_path / "bomb.png")
-    monkeypatch.setattr(images_mod, "MAX_PIXELS", 100)
-    with pytest.raises(ImageLoadError) as excinfo:
+    with xs.config(max_image_pixels=100), pytest.raises(ImageLoadError) as excinfo:
         load_image(path)
     message = _assert_clean_error(excinfo, "bomb.png")
     assert "decompression bomb" in message and "too many pixels" in message
-    assert "400" in message
+    assert "400" in message and "xs.config(max_image_pixels=...)" in message
+    assert xs.config()["max_image_pixels"] == images_mod.MAX_PIXELS  # the old name reads it
 
 
 def test_bomb_guard_holds_when_pillow_guard_disabled(
@@ -319,12 +320,11 @@ def test_bomb_guard_holds_when_pillow_guard_disabled(
     data = io.BytesIO()
     Image.new("L", (20, 20)).save(data, "PNG")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
-    monkeypatch.setattr(images_mod, "MAX_PIXELS", 399)
-    with pytest.raises(ImageLoadError) as excinfo:
+    with xs.config(max_image_pixels=399), pytest.raises(ImageLoadError) as excinfo:
         load_image(data.getvalue())
     assert "decompression bomb" in _assert_clean_error(excinfo, "<bytes>")
-    monkeypatch.setattr(images_mod, "MAX_PIXELS", 400)  # exactly at the limit is allowed
-    assert load_image(data.getvalue()).shape == (20, 20, 3)
+    with xs.config(max_image_pixels=400):  # exactly at the limit is allowed
+        assert load_image(data.getvalue()).shape == (20, 20, 3)
 
 
 @pytest.mark.parametrize("pillow_limit", [300, 100])  # warning band, then hard error band
@@ -332,9 +332,8 @@ def test_pillow_bomb_warning_and_error_become_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pillow_limit: int
 ) -> None:
     path = _save(Image.new("RGB", (20, 20)), tmp_path / "pillow_bomb.png")
-    monkeypatch.setattr(images_mod, "MAX_PIXELS", None)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
-    with pytest.raises(ImageLoadError) as excinfo:
+    with xs.config(max_image_pixels=10**9), pytest.raises(ImageLoadError) as excinfo:
         load_image(path)
     message = _assert_clean_error(excinfo, "pillow_bomb.png")
     assert "decompression bomb" in message

@@ -9,6 +9,9 @@ Quick start::
     exp.maps  # (1, 300, 451) float32
 """
 
+# First, before anything imports torchvision or timm: installs the guard that keeps an earlier
+# `import tensorflow` from crashing triton's native library (see xaiscope/_native.py).
+from xaiscope import _native  # noqa: F401
 from xaiscope.data import ImageDataset, datasets, load_image, sample_images
 from xaiscope.errors import (
     DatasetError,

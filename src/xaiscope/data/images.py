@@ -374,7 +374,7 @@ def _int_to_u8(raw: np.ndarray, lo: int = 0, span: int = 65535) -> np.ndarray:
     # Integer round-half-up: 65535 -> 255, 32768 -> 128, 0 -> 0. 16-bit samples fit uint32
     # (65535 * 510 + 65535 < 2**32), a quarter of the memory and time of int64.
     wide = np.uint32 if lo == 0 and span == 65535 else np.int64  # the 16-bit rule: 0..65535
-    values = raw.astype(wide)
+    values: np.ndarray[Any, np.dtype[np.integer[Any]]] = raw.astype(wide)
     if lo:
         values -= lo
     values *= 255 * 2

@@ -55,9 +55,14 @@ def _scripted_bytes() -> bytes:
 
 def test_sniff_model_by_content() -> None:
     ts = _scripted_bytes()
-    assert logic.sniff_model("net.pt", ts) == ".pt"
+    for name in ("net.pt", "net.keras"):
+        with pytest.raises(UploadError, match="TorchScript, which is code"):
+            logic.sniff_model(name, ts)
+    ckpt = io.BytesIO()
+    torch.save({"xaiscope_arch": "timm:resnet18", "state_dict": {}}, ckpt)
+    assert logic.sniff_model("net.pt", ckpt.getvalue()) == ".pt"
     with pytest.raises(UploadError, match="PyTorch archive, not what its name"):
-        logic.sniff_model("net.keras", ts)
+        logic.sniff_model("net.keras", ckpt.getvalue())
     keras_like = io.BytesIO()
     with zipfile.ZipFile(keras_like, "w") as zf:
         zf.writestr("config.json", "{}")
@@ -105,16 +110,13 @@ def test_pickle_payloads_never_run(tmp_path: Path) -> None:
         files.cleanup()
 
 
-def test_uploaded_torchscript_model_loads(chelsea: np.ndarray) -> None:
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(net.eval()), buf)
+def test_uploaded_torchscript_model_refused() -> None:
+    # TorchScript is code (tests/app/test_app_security.py shows a file that writes one)
     files = logic.SessionFiles()
     try:
-        choice = logic.model_choice_for_upload(files, "tiny.pt", buf.getvalue(), 10)
-        assert choice.key.startswith("upload:") and Path(choice.spec).parent == files.path
-        model = logic.load_model_safely(choice)
-        assert model.framework == "torch" and len(model.labels) == 4
+        with pytest.raises(UploadError, match="the app does not load TorchScript"):
+            logic.model_choice_for_upload(files, "tiny.pt", _scripted_bytes(), 10)
+        assert not any(files.path.iterdir())
     finally:
         files.cleanup()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -42,6 +43,31 @@ DEFAULT_METHODS = ("gradcam",)
 _LEGACY_TORCH = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 _ZIP = b"PK\x03\x04"
+
+#: Why an uploaded TorchScript file is refused (after the file's name).
+TORCHSCRIPT_REFUSED = (
+    "the file is TorchScript, which is code that runs when it loads; the app does not load "
+    "TorchScript. Upload an xaiscope checkpoint (xaiscope.models.save_checkpoint) instead, "
+    "or use the command line with --trust-model on a file you trust"
+)
+#: What the "by name" field takes, in the messages that refuse a name.
+ACCEPTED_NAMES = (
+    "efficientnet_lite0, timm:NAME, torchvision:NAME, keras:NAME or the name of a trained "
+    "model in the registry"
+)
+#: The one answer to a name that looks like a file path: the same whether or not such a
+#: file exists, so that the field tells a visitor nothing about the server's files.
+NOT_A_MODEL_NAME = (
+    f"the model name field takes model names, not file paths: use {ACCEPTED_NAMES}; "
+    "to use a model file, upload it"
+)
+#: Model-zoo prefixes the "by name" field accepts, and those a checkpoint may build on.
+ZOO_PREFIXES = ("timm:", "torchvision:", "keras:")
+CHECKPOINT_ARCH_PREFIXES = ("timm:", "torchvision:")
+# a zoo model name: no path separator and no further scheme (timm reads "hf-hub:" and
+# "local-dir:" names, which fetch or read files)
+_ZOO_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+_PATH_SUFFIXES = frozenset((*MODEL_SUFFIXES, ".ts", ".hdf5", ".pkl", ".bin", ".safetensors"))
 
 
 class UploadError(XaiscopeError):
@@ -103,14 +129,18 @@ def read_image_upload(name: str, data: bytes, max_mb: float = DEFAULT_MAX_UPLOAD
 def sniff_model(name: str, data: bytes) -> str:
     """The model file type of ``data`` (one of :data:`MODEL_SUFFIXES`), from its bytes.
 
-    The uploaded name must agree with the content; a plain pickle is refused before any
-    loader sees it (unpickling can run code).
+    The uploaded name must agree with the content. A plain pickle and TorchScript are
+    refused before any loader sees them: unpickling and ``torch.jit.load`` can run code.
     """
     suffix = Path(name).suffix.lower()
     if suffix not in MODEL_SUFFIXES:
         raise UploadError(
             f"{name}: not a model file name; upload one of {', '.join(MODEL_SUFFIXES)}"
         )
+    # before the header checks: torch.jit.load finds a zip anywhere in a file (a legacy
+    # torch header followed by a TorchScript archive loads as TorchScript)
+    if _holds_torchscript(data):
+        raise UploadError(f"{name}: {TORCHSCRIPT_REFUSED}")
     head = data[:16]
     if head.startswith(_ZIP):
         kind = _zip_kind(data)
@@ -133,7 +163,7 @@ def sniff_model(name: str, data: bytes) -> str:
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         raise UploadError(
             f"{name}: the file is a plain Python pickle; refused because unpickling can run "
-            "code. Save the model with torch.jit.save, or as an xaiscope checkpoint"
+            "code. Save the model as an xaiscope checkpoint (xaiscope.models.save_checkpoint)"
         )
     if suffix == ".onnx":
         from xaiscope.models.onnx_model import is_onnx_model_bytes
@@ -147,16 +177,54 @@ def sniff_model(name: str, data: bytes) -> str:
 
 
 def _zip_kind(data: bytes) -> str:
+    """``keras``, ``torch`` (a ``torch.save`` archive), ``torchscript``, ``broken`` or
+    ``other``, from the zip's table of contents (nothing in it is run or unpickled)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = zf.namelist()
     except zipfile.BadZipFile:
         return "broken"
+    if _torchscript_names(names):
+        return "torchscript"
     if "config.json" in names and any(n.endswith(".weights.h5") for n in names):
         return "keras"
-    if any(n.endswith("data.pkl") or n.endswith("constants.pkl") for n in names):
+    if any(n.endswith("data.pkl") for n in names):
         return "torch"
     return "other"
+
+
+def _torchscript_names(names: Sequence[str]) -> bool:
+    # torch.jit.save writes the module's source under <archive>/code/ and needs
+    # <archive>/constants.pkl to load; torch.save writes neither. Names are read
+    # with and without the archive folder, as torch's own reader drops it.
+    for name in names:
+        parts = name.replace("\\", "/").split("/")
+        if "code" in parts[:-1] or parts[-1] in ("constants.pkl", "bytecode.pkl", "model.json"):
+            return True
+    return False
+
+
+def _holds_torchscript(data: bytes | Path) -> bool:
+    """Whether ``data`` (bytes, or a file) is, or hides, an archive that ``torch.jit.load``
+    would run.
+
+    Asks both Python's zip reader and torch's (the one ``torch.jit.load`` uses), so that
+    a file the two read differently is still caught.
+    """
+    names: list[str] = []
+    try:
+        with zipfile.ZipFile(data if isinstance(data, Path) else io.BytesIO(data)) as zf:
+            names += zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        pass
+    try:
+        import torch
+
+        source = str(data) if isinstance(data, Path) else io.BytesIO(data)
+        names += list(torch._C.PyTorchFileReader(source).get_all_records())
+    except Exception:  # not an archive torch can read: nothing it would run
+        pass
+    return _torchscript_names(names)
 
 
 # ---------------------------------------------------------------------------- models
@@ -182,9 +250,59 @@ def model_choice_for_upload(
     return ModelChoice(spec=str(path), key=f"upload:{path.stem}", label=name)
 
 
+def model_choice_by_name(
+    text: str, models_dir: str | None = None, *, pretrained: bool = False
+) -> ModelChoice | None:
+    """What the "by name" field asks for: the embedded model, a model-zoo name
+    (``timm:NAME``, ``torchvision:NAME``, ``keras:NAME``) or a trained model of the registry.
+
+    Never a path on the server: anything that looks like one gets :data:`NOT_A_MODEL_NAME`,
+    whether or not such a file exists. None for an empty field.
+    """
+    from xaiscope.errors import ModelLoadError
+    from xaiscope.models import DEFAULT_MODEL, registry_store
+
+    text = text.strip()
+    if not text:
+        return None
+    if _looks_like_path(text):
+        raise ModelLoadError(NOT_A_MODEL_NAME)
+    if text == DEFAULT_MODEL:
+        # the embedded weights are its only weights: "pretrained" changes nothing
+        return ModelChoice(DEFAULT_MODEL, DEFAULT_MODEL, "EfficientNet-Lite0")
+    prefix = next((p for p in ZOO_PREFIXES if text.startswith(p)), None)
+    if prefix is not None:
+        if not _ZOO_NAME.match(text[len(prefix) :]):
+            raise ModelLoadError(_unknown_name(text))
+        return ModelChoice(text, f"{text}|{pretrained}", text, pretrained=pretrained)
+    try:
+        registry_store.validate_name(text)
+    except XaiscopeError:
+        raise ModelLoadError(_unknown_name(text)) from None
+    if registry_store.find_entry(text, models_dir) is None:
+        raise ModelLoadError(_unknown_name(text))
+    return registry_choice(text, models_dir)
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        any(c in text for c in "/\\\x00")
+        or text.startswith((".", "~"))
+        or os.path.isabs(text)
+        or re.match(r"^[A-Za-z]:", text) is not None  # a Windows drive
+        or Path(text).suffix.lower() in _PATH_SUFFIXES
+    )
+
+
+def _unknown_name(text: str) -> str:
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return f"unknown model name {shown!r}: use {ACCEPTED_NAMES}"
+
+
 def load_model_safely(choice: ModelChoice) -> Any:
     """Load the model of ``choice`` in safe mode (``weights_only`` torch loading, Keras safe
-    mode, no Lambda layers); any failure becomes one :class:`XaiscopeError` line."""
+    mode, no Lambda layers, no TorchScript); any failure becomes one :class:`XaiscopeError`
+    line that names neither the session folder nor the registry folder."""
     from xaiscope.errors import ModelLoadError, UnsafeModelError
     from xaiscope.models import load_model
 
@@ -193,7 +311,12 @@ def load_model_safely(choice: ModelChoice) -> Any:
         kw["pretrained"] = True
     if choice.models_dir:
         kw["models_dir"] = choice.models_dir
+    # never trust=True: every model here comes from a visitor
     try:
+        if choice.key.startswith("registry:"):
+            return _load_registry_entry(choice)
+        if choice.key.startswith("upload:"):
+            _check_upload(choice)
         return load_model(choice.spec, **kw)
     except UnsafeModelError as exc:
         raise UnsafeModelError(
@@ -202,7 +325,57 @@ def load_model_safely(choice: ModelChoice) -> Any:
     except XaiscopeError as exc:
         raise type(exc)(_strip_path(str(exc), choice)) from exc
     except Exception as exc:  # a loader library's own error on a corrupt file
-        raise ModelLoadError(f"cannot load {choice.label}: {reason(exc)}") from exc
+        message = _strip_path(f"cannot load {choice.label}: {reason(exc)}", choice)
+        raise ModelLoadError(message) from exc
+
+
+def _load_registry_entry(choice: ModelChoice) -> Any:
+    from xaiscope.models import registry_store
+
+    # by its folder, not its bare name: load_model would take a file or folder of that
+    # name in the server's working directory first
+    name = registry_store.validate_name(choice.spec)
+    return registry_store.load_entry(registry_store.models_dir(choice.models_dir) / name)
+
+
+def _check_upload(choice: ModelChoice) -> None:
+    """Refuse what an uploaded file may not do even in safe mode: be TorchScript (sniffed
+    at upload; checked again here on the stored file), or name an architecture that is
+    not a model-zoo spec (a path there would load a file of the server)."""
+    import warnings
+
+    import torch
+
+    from xaiscope.errors import UnsafeModelError
+
+    path = Path(choice.spec)
+    if path.suffix.lower() not in (".pt", ".pth"):
+        return
+    if _holds_torchscript(path):
+        raise UnsafeModelError(f"{choice.label}: {TORCHSCRIPT_REFUSED}")
+    ckpt = None
+    # mmap keeps the tensors on disk (only the dict around them is read); files in the
+    # legacy format cannot be mapped and are read whole
+    for mmap in (True, False):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            break
+        except Exception:  # the loader reports an unreadable file in its words
+            continue
+    if isinstance(ckpt, dict) and "xaiscope_arch" in ckpt:
+        arch = ckpt["xaiscope_arch"]
+        ok = isinstance(arch, str) and any(
+            arch.startswith(p) and _ZOO_NAME.match(arch[len(p) :]) is not None
+            for p in CHECKPOINT_ARCH_PREFIXES
+        )
+        if not ok:
+            raise UnsafeModelError(
+                f"{choice.label}: the checkpoint's xaiscope_arch is not a timm:NAME or "
+                "torchvision:NAME model; the app builds checkpoints on model-zoo "
+                "architectures only"
+            )
 
 
 def _strip_path(message: str, choice: ModelChoice) -> str:
@@ -211,6 +384,15 @@ def _strip_path(message: str, choice: ModelChoice) -> str:
         return message.replace(choice.spec, choice.label).replace(
             Path(choice.spec).name, choice.label
         )
+    if choice.key.startswith("registry:"):
+        # a visitor learns the trained model's name, never where the server keeps it
+        from xaiscope.models import registry_store
+
+        root = registry_store.models_dir(choice.models_dir)
+        for folder in (root / choice.spec, (root / choice.spec).resolve()):
+            message = message.replace(str(folder), choice.spec)
+        for where in (root, root.resolve()):
+            message = message.replace(str(where), "<models folder>")
     return message
 
 

@@ -76,15 +76,19 @@ def _model_choice(ss: Any) -> logic.ModelChoice | None:
         name = st.sidebar.selectbox("Trained model", names, key="registry_model")
         return logic.registry_choice(str(name), models_dir)
     if source == MODEL_SOURCES[2]:
-        spec = st.sidebar.text_input("Model name", "timm:resnet50", key="model_name").strip()
+        text = st.sidebar.text_input(
+            "Model name",
+            "timm:resnet50",
+            key="model_name",
+            help=f"{logic.ACCEPTED_NAMES}; files are uploaded, never named",
+        )
         pretrained = st.sidebar.checkbox(
             "pretrained weights (downloads, needs internet)", value=False, key="pretrained"
         )
-        if not spec:
-            return None
-        return logic.ModelChoice(spec, f"{spec}|{pretrained}", spec, pretrained=pretrained)
+        models_dir = os.environ.get(ENV_MODELS_DIR) or None
+        return logic.model_choice_by_name(text, models_dir, pretrained=pretrained)
     upload = st.sidebar.file_uploader(
-        "Model file (.pt TorchScript or xaiscope checkpoint, .keras, .h5, .onnx)",
+        "Model file (.pt xaiscope checkpoint, .keras, .h5, .onnx; not TorchScript)",
         type=[s.lstrip(".") for s in logic.MODEL_SUFFIXES],
         key="model_upload",
     )

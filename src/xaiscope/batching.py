@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import sysconfig
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 
+from xaiscope.errors import ModelRunError, XaiscopeError
+
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: Largest batch tried by default on a GPU.
 GPU_BATCH = 256
@@ -72,6 +78,64 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+_XAISCOPE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_SKIPPED_DIRS = tuple(
+    os.path.abspath(d) + os.sep
+    for d in (os.path.dirname(torch.__file__), sysconfig.get_paths()["stdlib"])
+)
+
+
+def _raised_by_xaiscope(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` outside torch and the standard library is
+    xaiscope's own code (a patched layer, a hook): a bug of ours, not the model's."""
+    innermost = None
+    tb = exc.__traceback__
+    while tb is not None:
+        name = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if not name.startswith(_SKIPPED_DIRS):
+            innermost = name
+        tb = tb.tb_next
+    return innermost is not None and innermost.startswith(_XAISCOPE_DIR)
+
+
+@contextmanager
+def model_errors(what: str = "forward") -> Iterator[None]:
+    """Turn an exception raised by the model's own code into one-line :class:`ModelRunError`.
+
+    Out-of-memory errors keep their type (:func:`run_batched` retries smaller chunks), as do
+    xaiscope's own errors and exceptions whose innermost frame is xaiscope's code.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, XaiscopeError) or is_oom(exc) or _raised_by_xaiscope(exc):
+            raise
+        text = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelRunError(f"the model's {what} failed: {type(exc).__name__}: {text}") from exc
+
+
+def runs_model(fn: Callable[P, T]) -> Callable[P, T]:
+    """Decorator: run ``fn`` (an adapter method that calls the model) in :func:`model_errors`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with model_errors():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def checked_output(out: Any, n: int) -> torch.Tensor:
+    """``out`` if it is a (n, classes) tensor, else :class:`ModelRunError` saying what it is."""
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == n:
+        return out
+    got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+    raise ModelRunError(
+        f"the model's output is {got} for {n} image(s); xaiscope needs (N, classes) scores, "
+        "one row per image (a model with one score per image must return it as (N, 1))"
+    )
 
 
 def run_batched(

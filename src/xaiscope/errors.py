@@ -54,6 +54,12 @@ class UnsupportedModelError(XaiscopeError, TypeError):
     """The model cannot do what the method needs (e.g. gradients of a black-box model)."""
 
 
+class ModelRunError(XaiscopeError, RuntimeError):
+    """The model's forward failed (its own code raised) or returned an output xaiscope cannot
+    use (not a (N, classes) tensor). Out-of-memory errors are not wrapped: they keep their
+    type so that batched work can retry with smaller chunks."""
+
+
 class DatasetError(XaiscopeError, ValueError):
     """A dataset cannot be read or used as asked: missing or empty folder, one class,
     unreadable images (when refused), more folds than images in a class, a refused pickle."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xaiscope.batching import default_batch_size, run_batched
+from xaiscope.batching import checked_output, default_batch_size, run_batched
 from xaiscope.errors import ParameterError, TargetError, UnknownLayerError
 from xaiscope.explanation import Explanation
 from xaiscope.methods.registry import MethodContext, MethodInfo, MethodOutput, get_method
@@ -228,7 +228,12 @@ def explain(
             shape_only = torch.empty((n, model.num_classes), device=x.device)
             tgt = resolve_targets(model, shape_only, spec, labels)  # (N, K)
     else:
-        logits = torch.cat(run_batched(lambda a, b: model.forward(x[a:b]), n, bs, progress=False))
+        # every adapter's output is checked here, the black boxes' and Keras' included
+        logits = torch.cat(
+            run_batched(
+                lambda a, b: checked_output(model.forward(x[a:b]), b - a), n, bs, progress=False
+            )
+        )
         _check_finite(logits)
         tgt = resolve_targets(model, logits, spec, labels)
     k_sets = tgt.shape[1]
@@ -312,11 +317,18 @@ def _map_warnings(out: MethodOutput) -> list[str]:
     # a method registered elsewhere may still leave plain strings in its extras
     notes += [str(v) for v in out.extras.pop("warnings", []) or []]
     m = out.map.detach().float().flatten(1)
+    # a 1x1 map (a CAM of a layer after global pooling) is constant by construction
+    single = (
+        " because it has a single cell (the layer's output is 1x1); use a layer with a "
+        "spatial size above 1x1"
+        if m.shape[1] == 1
+        else ""
+    )
     for i in range(m.shape[0]):
         if not bool(torch.isfinite(m[i]).all()):
             notes.append(f"image {i}: the map has NaN or inf values")
         elif bool((m[i] == m[i, 0]).all()):
-            notes.append(f"image {i}: the map is constant ({float(m[i, 0]):g} everywhere)")
+            notes.append(f"image {i}: the map is constant ({float(m[i, 0]):g} everywhere){single}")
     return notes
 
 

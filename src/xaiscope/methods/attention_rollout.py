@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
+from xaiscope._keywords import Rule
 from xaiscope.errors import ParameterError
 from xaiscope.methods._perturb import image_groups
 from xaiscope.methods.registry import MethodContext, MethodOutput, register
@@ -108,6 +109,7 @@ def rollout_map(result: torch.Tensor, prefix: int, grid: tuple[int, int]) -> tor
     # no gradient is computed, but it reads inside the model: not a black-box method
     needs_gradients=True,
     needs_attention=True,
+    rules={"discard_ratio": Rule(low=0, high=1, open_high=True)},
 )
 def attention_rollout(
     ctx: MethodContext, *, head_fusion: str = "mean", discard_ratio: float = 0.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from xaiscope._keywords import Rule
 from xaiscope.methods._common import cam_from_weights, layer_tensors
 from xaiscope.methods.registry import MethodContext, MethodOutput, register
 
@@ -26,6 +27,7 @@ from xaiscope.methods.registry import MethodContext, MethodOutput, register
     aliases=("gradcampp", "gradcam_plus_plus", "gradcamplusplus"),
     uses_layer=True,
     shared={"layer"},
+    rules={"eps": Rule(low=0)},
 )
 def gradcam_plus_plus(ctx: MethodContext, *, eps: float = 1e-6) -> MethodOutput:
     a, g = layer_tensors(ctx)

@@ -25,6 +25,70 @@ from xaiscope.methods.registry import MethodContext, MethodOutput, register
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
 
+#: Up to this many nodes Gauss-Legendre comes from numpy's ``leggauss`` (as it always did);
+#: above, from :func:`newton_gauss_legendre`, whose memory is O(n) instead of O(n^2).
+LEGGAUSS_MAX = 100
+
+
+def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes (ascending) and weights of the n-point Gauss-Legendre rule on [-1, 1]."""
+    if n <= LEGGAUSS_MAX:
+        return np.polynomial.legendre.leggauss(n)
+    return newton_gauss_legendre(n)
+
+
+def _legendre(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(P_n(x), P_n'(x)) by the three-term recurrence (j + 1) P_{j+1} = (2j + 1) x P_j - j P_{j-1}
+    and P_n' = n (P_{n-1} - x P_n) / (1 - x^2); O(len(x)) memory, O(n len(x)) time."""
+    p0, p1, t = np.ones_like(x), x.copy(), np.empty_like(x)
+    for j in range(1, n):
+        np.multiply(x, p1, out=t)
+        t *= (2 * j + 1) / (j + 1)
+        p0 *= j / (j + 1)
+        t -= p0
+        p0, p1, t = p1, t, p0
+    # (1 - x)(1 + x): 1 - x is exact near 1, where 1 - x*x would lose digits
+    return p1, n * (p0 - x * p1) / ((1 - x) * (1 + x))
+
+
+def newton_gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n-point Gauss-Legendre rule in O(n) memory (``leggauss`` takes O(n^2): the
+    eigenvalues of an n x n companion matrix, 74 GiB at n = 100,000).
+
+    Newton's method on P_n from Tricomi's approximation of the roots,
+    x_k = (1 - 1/(8n^2) + 1/(8n^3)) cos(pi (4k - 1) / (4n + 2)) (Tricomi 1950; see
+    Hale & Townsend 2013, "Fast and accurate computation of Gauss-Legendre and
+    Gauss-Jacobi quadrature nodes and weights", SIAM J. Sci. Comput.), vectorised over the
+    positive half of the nodes (the rule is symmetric); nodes still moving are iterated
+    again. Weights 2 / ((1 - x^2) P_n'(x)^2), with P_n' carried to the final node by one
+    Taylor step (P_n'' from Legendre's equation). Time O(n^2) (about 2 s at n = 20,000 on
+    one core, small beside n gradient passes). Accuracy: nodes to ~1e-16; weights to
+    ~1e-14 relative inside, ~1e-11 at the two extreme nodes for n = 1000 (the rounding of
+    a node so close to 1 sets that floor; ``leggauss`` is off by ~1e-8 there).
+    """
+    half = (n + 1) // 2
+    k = np.arange(1, half + 1, dtype=np.float64)
+    x = (1 - 1 / (8 * n**2) + 1 / (8 * n**3)) * np.cos(np.pi * (4 * k - 1) / (4 * n + 2))
+    slope = np.empty_like(x)
+    todo = np.arange(half)
+    for _ in range(20):
+        if not todo.size:
+            break
+        xs = x[todo]
+        p, dp = _legendre(xs, n)
+        step = p / dp
+        second = (2 * xs * dp - n * (n + 1) * p) / ((1 - xs) * (1 + xs))
+        x[todo] = xs - step
+        slope[todo] = dp - second * step
+        todo = todo[np.abs(step) > 1e-13]
+    weights = 2 / ((1 - x) * (1 + x) * slope * slope)
+    if n % 2:
+        x[-1] = 0.0  # the middle root, exactly
+    mirror = slice(n // 2 - 1, None, -1) if n // 2 else slice(0, 0)
+    nodes = np.concatenate([-x, x[mirror]])
+    return nodes, np.concatenate([weights, weights[mirror]])
+
+
 def path_nodes(rule: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """(alphas, weights) of an ``n_steps`` quadrature of [0, 1] by ``rule``."""
     if n_steps < 1 or (rule == "riemann_trapezoid" and n_steps < 2):
@@ -49,7 +113,7 @@ def path_nodes(rule: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
         w[0] = w[-1] = 1 / (2 * n)
         return linspace(0, 1), w
     if rule == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(n)
+        nodes, weights = gauss_legendre(n)
         return 0.5 * (nodes + 1), 0.5 * weights
     raise ParameterError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
 

@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from xaiscope import settings
+from xaiscope._keywords import Rule
 from xaiscope.errors import ParameterError
 from xaiscope.methods._segmentation import (
     Segmentation,
@@ -262,6 +264,10 @@ def l1_select(
     aliases=("kernel_shap",),
     needs_gradients=False,
     stochastic=True,
+    rules={
+        "n_segments": Rule(low=1, integer=True),
+        "exact_limit": Rule(low=0, high=MAX_EXACT, integer=True),
+    },
 )
 def kernelshap(
     ctx: MethodContext,
@@ -291,6 +297,12 @@ def kernelshap(
     blocks, kernel_w, exact = [], [], []
     for m in counts:
         full = m == 1 or m <= exact_limit or 2**m - 2 <= n_samples
+        if full and 2**m - 2 > settings.get("max_samples"):
+            raise ParameterError(
+                f"kernelshap: exact_limit={exact_limit} enumerates 2^{m} - 2 = {2**m - 2:,} "
+                "coalitions per image, more than allowed; lower exact_limit or "
+                f"{settings.limit_hint('max_samples')}"
+            )
         if m == 1:
             z = torch.zeros(0, 1, dtype=torch.uint8, device=device)
             w = torch.zeros(0, dtype=torch.float64, device=device)

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from xaiscope._keywords import Rule, count
 from xaiscope.errors import ParameterError
 from xaiscope.methods._segmentation import (
     Segmentation,
@@ -86,6 +87,13 @@ def weighted_ridge(
     summary="weighted ridge surrogate fitted to random superpixel coalitions",
     needs_gradients=False,
     stochastic=True,
+    rules={
+        # the image itself is the first sample: a fit needs at least one more
+        "n_samples": count(2),
+        "n_segments": Rule(low=1, integer=True),
+        "kernel_width": Rule(low=0, open_low=True),
+        "alpha": Rule(low=0),
+    },
 )
 def lime(
     ctx: MethodContext,

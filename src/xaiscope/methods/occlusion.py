@@ -16,7 +16,8 @@ C channels (Captum's output for a window spanning all channels); ``map`` (N, H, 
 Cost: (P + 1) forwards for P windows, no backward, per distinct image: the target sets of
 one image (``targets="top3"``) share the forwards. The score drops become the map through
 one transposed convolution (no full-size mask per window is ever kept).
-Limits: pixels that no window covers (only when ``stride`` > ``window``) get 0 (flagged in
+Limits: more windows per image than the ``max_samples`` setting are refused up front;
+pixels that no window covers (only when ``stride`` > ``window``) get 0 (flagged in
 ``warnings``); the map is as coarse as ``stride``; a window larger than the input is cut to
 the input size.
 """
@@ -29,6 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from xaiscope import settings
+from xaiscope._keywords import Rule
 from xaiscope.batching import run_batched
 from xaiscope.errors import ParameterError
 from xaiscope.methods._perturb import fill_image, image_groups
@@ -59,6 +62,10 @@ def window_grid(size: int, window: int, stride: int) -> int:
     "(ECCV; arXiv:1311.2901)",
     summary="drop of the target score when a sliding window hides the pixels, averaged per pixel",
     needs_gradients=False,
+    rules={
+        "window": Rule(low=1, integer=True, pair=True),
+        "stride": Rule(low=1, integer=True, pair=True),
+    },
 )
 def occlusion(
     ctx: MethodContext,
@@ -76,6 +83,13 @@ def occlusion(
     wh, ww = min(wh, height), min(ww, width)
     gh, gw = window_grid(height, wh, sh), window_grid(width, ww, sw)
     per_image = gh * gw
+    if per_image > settings.get("max_samples"):
+        # one forward per window: the window count is this method's number of samples
+        raise ParameterError(
+            f"occlusion: window {(wh, ww)} with stride {(sh, sw)} on a {height}x{width} input "
+            f"makes {per_image:,} windows per image, more than allowed; raise the stride or "
+            f"{settings.limit_hint('max_samples')}"
+        )
     filled = fill_image(ctx, fill).to(x01.dtype)
     dev = x01.device
     rows = torch.arange(height, device=dev)

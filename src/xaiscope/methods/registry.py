@@ -7,13 +7,13 @@ defaults are its hyper-parameters, read from the signature.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
-from xaiscope._keywords import keyword_defaults, merge_keywords
+from xaiscope._keywords import Rule, keyword_defaults, merge_keywords
 from xaiscope.errors import UnknownMethodError
 from xaiscope.models.base import GradPass, Model
 
@@ -122,6 +122,9 @@ class MethodInfo:
     shared: frozenset[str] = frozenset()
     #: runs only on vision transformers whose attention can be read (attention rollout)
     needs_attention: bool = False
+    #: the values each numeric hyper-parameter accepts, checked before the method runs
+    #: (counts such as ``n_samples`` get :func:`xaiscope._keywords.count` when not listed)
+    rules: Mapping[str, Rule] = field(default_factory=dict, hash=False, compare=False)
 
     def applicable(self, model: Model) -> bool:
         """Whether this method can run on ``model`` (gradients, a layer, attention)."""
@@ -141,8 +144,10 @@ class MethodInfo:
         return keyword_defaults(self.fn)
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Reject unknown parameters with the list of valid ones; return defaults + params."""
-        return merge_keywords(self.name, self.defaults, params, "parameter")
+        """Defaults + ``params``, after the checks of :func:`~xaiscope._keywords.merge_keywords`:
+        unknown names (listing the valid ones), NaN or infinite numbers, counts beyond the
+        ``max_samples`` limit and values outside :attr:`rules` raise :class:`ParameterError`."""
+        return merge_keywords(self.name, self.defaults, params, "parameter", self.rules)
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -161,12 +166,17 @@ def register(
     stochastic: bool = False,
     shared: frozenset[str] | set[str] = frozenset(),
     needs_attention: bool = False,
+    rules: Mapping[str, Rule] | None = None,
 ) -> Callable[[Callable[..., MethodOutput]], Callable[..., MethodOutput]]:
-    """Decorator adding a method function to the registry."""
+    """Decorator adding a method function to the registry; ``rules`` maps hyper-parameter
+    names to the :class:`~xaiscope._keywords.Rule` their values must follow."""
 
     def deco(fn: Callable[..., MethodOutput]) -> Callable[..., MethodOutput]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
+        unknown = sorted(set(rules or {}) - set(keyword_defaults(fn)))
+        if unknown:
+            raise ValueError(f"method {name!r}: rules for unknown parameters {unknown}")
         _REGISTRY[name] = MethodInfo(
             name=name,
             fn=fn,
@@ -179,6 +189,7 @@ def register(
             stochastic=stochastic,
             shared=frozenset(shared),
             needs_attention=needs_attention,
+            rules=dict(rules or {}),
         )
         for alias in aliases:
             _ALIASES[alias] = name

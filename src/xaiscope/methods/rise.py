@@ -16,6 +16,9 @@ the paper's I . M), then preprocessed like the image.
 Masks are drawn once per call from ``seed`` (the low-resolution grids and shifts, a few KB)
 and shared by all images, so an image's map does not depend on the rest of the batch;
 full-size masks are built on the model's device chunk by chunk and never all held at once.
+Grids of more than :data:`GRID_VALUES` values in all (a cell of a few pixels and many
+masks) are read chunk by chunk too, with the same values on a CPU: memory stays
+O(chunk + image) whatever ``n_masks``.
 Shapes: ``raw`` (N, C, H, W) in model-input space (the map repeated over channels), ``map``
 (N, H, W). Cost: ``n_masks`` forwards per distinct image (its target sets share them).
 Limits: a Monte-Carlo estimate, whose noise falls as 1 / sqrt(n_masks); the paper uses
@@ -32,10 +35,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from xaiscope._keywords import Rule
 from xaiscope.batching import run_batched
 from xaiscope.errors import ParameterError
 from xaiscope.methods._perturb import fill_image, image_groups
+from xaiscope.methods._sampling import UniformRows
 from xaiscope.methods.registry import MethodContext, MethodOutput, register
+
+#: Grid values (n_masks x cells) drawn at once; above, grids are read per chunk
+#: (:class:`~xaiscope.methods._sampling.UniformRows`): 16 M values, 64 MiB of float32.
+GRID_VALUES = 1 << 24
 
 #: Fewer masks than this are flagged: the map is then mostly the masks' sampling noise.
 FEW_MASKS = 100
@@ -70,6 +79,11 @@ def rise_masks(
     summary="target probability under random smooth masks, averaged per pixel over the masks",
     needs_gradients=False,
     stochastic=True,
+    rules={
+        "grid": Rule(low=1, integer=True),
+        "cell": Rule(low=1, integer=True, none_ok=True),
+        "p": Rule(low=0, high=1, open_low=True),
+    },
 )
 def rise(
     ctx: MethodContext,
@@ -107,7 +121,13 @@ def rise(
     p = float(p)
 
     gen = ctx.generator()
-    grids = (torch.rand((m, s_h, s_w), generator=gen, device=dev) < p).to(x01.dtype)
+    stream: UniformRows | None = None
+    if m * s_h * s_w <= GRID_VALUES:
+        grids = (torch.rand((m, s_h, s_w), generator=gen, device=dev) < p).to(x01.dtype)
+    else:
+        # fine grids (a small cell) would hold n_masks x image values: read them per chunk
+        stream = UniformRows(m, (s_h, s_w), gen, dev)
+        stream.skip(gen)
     shifts = torch.stack(
         [
             torch.randint(0, cell_hw[0], (m,), generator=gen, device=dev),
@@ -124,12 +144,21 @@ def rise(
     lo = torch.full((groups.size, read.shape[1]), float("inf"), device=dev)
     hi = torch.full((groups.size, read.shape[1]), float("-inf"), device=dev)
 
+    def grids_of(k: torch.Tensor) -> torch.Tensor:
+        if stream is None:
+            return grids[k]
+        # k runs up by one, starting again from 0 where the chunk reaches the next image
+        runs = torch.nonzero(k[1:] != k[:-1] + 1)[:, 0].tolist()
+        bounds = [0, *[b + 1 for b in runs], len(k)]
+        parts = [stream.rows(int(k[a]), int(k[b - 1]) + 1) for a, b in zip(bounds, bounds[1:])]
+        return (torch.cat(parts) < p).to(x01.dtype)
+
     def step(start: int, stop: int) -> None:
         # row r of the flat (distinct image, mask) grid: image r // m, mask r % m
         idx = torch.arange(start, stop, device=dev)
         grp, k = idx // m, idx % m
         img = groups.first[grp]
-        masks = rise_masks(grids[k], shifts[k], (height, width), cell_hw)
+        masks = rise_masks(grids_of(k), shifts[k], (height, width), cell_hw)
         pix = x01[img] * masks + filled[img] * (1 - masks)
         out = ctx.model.forward(ctx.model.normalize(pix))
         if score == "probability":

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xaiscope.batching import checked_output, runs_model
 from xaiscope.errors import ParameterError, TargetError, UnknownLayerError
 from xaiscope.models.base import GradPass, ImageInput, Model, layer_suggestions
 from xaiscope.models.base import images_to_tensor as images_to_tensor  # re-exported
@@ -292,12 +293,13 @@ class TorchModel(Model):
     def supports_gradients(self) -> bool:
         return True
 
+    @runs_model
     def _infer_num_classes(self) -> int:
         with torch.inference_mode():
             x = torch.zeros(1, 3, *self.input_size, device=self.device)
             if self._user_preprocess is not None:
                 x = self._user_preprocess(x)
-            return int(self.module(x).shape[-1])
+            return int(checked_output(self.module(x), 1).shape[-1])
 
     def preprocess(self, images: ImageInput) -> torch.Tensor:
         """(N, C, H, W) model input: :meth:`pixels` then :meth:`normalize`."""
@@ -309,11 +311,12 @@ class TorchModel(Model):
             return self._user_preprocess(x01)
         return (x01 - self.mean) / self.std
 
+    @runs_model
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # no_grad rather than inference_mode: callers may go on to differentiate the outputs
         with torch.no_grad():
             x = x.to(self.device)
-            return self._forward_module(x)(x)
+            return checked_output(self._forward_module(x)(x), x.shape[0])
 
     def _forward_module(self, x: torch.Tensor) -> nn.Module:
         """The module forward-only passes run: the folded, channels-last copy when valid."""
@@ -345,6 +348,7 @@ class TorchModel(Model):
             )
 
     @property
+    @runs_model
     def default_layer(self) -> str | None:
         if self.scripted:
             return None
@@ -372,6 +376,7 @@ class TorchModel(Model):
             )
         return module
 
+    @runs_model
     def activations(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         self._require_hooks("reading a layer's activations")
         store: dict[str, torch.Tensor] = {}
@@ -389,6 +394,7 @@ class TorchModel(Model):
             handle.remove()
         return store["a"]
 
+    @runs_model
     def forward_from_layer(
         self, x: torch.Tensor, layer: str, activation: torch.Tensor
     ) -> torch.Tensor:
@@ -679,6 +685,7 @@ class TorchModel(Model):
         self._grad_layout = (key, same)
         return same
 
+    @runs_model
     def grad_pass(
         self,
         x: torch.Tensor,
@@ -718,11 +725,7 @@ class TorchModel(Model):
         try:
             with self._grad_contexts(guided, pairs):
                 xg = x.detach().requires_grad_(need_input)
-                logits = self.module(xg)
-                if logits.ndim != 2:
-                    raise TargetError(
-                        f"model output must be (N, classes), got {tuple(logits.shape)}"
-                    )
+                logits = checked_output(self.module(xg), x.shape[0])
                 if select is not None:
                     # targets chosen from this very forward (e.g. top-k): no separate forward
                     targets = self._target_sets(select(logits.detach()), x.shape[0])

@@ -1,8 +1,10 @@
 """``xaiscope compare``: how far explanation methods agree on the same images.
 
 Either explains images (files or ``--data``) with several methods, or reads saved
-explanations (``--explanations a.npz b.npz``, as written by ``xaiscope explain`` or
-``Explanation.save``, e.g. integrated gradients from two implementations). Writes
+explanations (``--explanations a.npz b.npz``, or ``.npz`` files in place of the images, as
+written by ``xaiscope explain`` or ``Explanation.save``, e.g. integrated gradients from two
+implementations). Saved files may come from anyone: ``Explanation.load`` checks them
+before use, and a file it refuses ends the command with one line and exit code 2. Writes
 ``agreement.csv`` / ``.json`` (Spearman, Pearson, top-k intersection and SSIM per pair of
 methods), ``agreement_per_image.csv``, ``summary.csv`` and the plots ``histograms.png``,
 ``scatter.png`` and ``agreement.png``.
@@ -23,7 +25,7 @@ from xaiscope.cli.evaluate_cmd import (
     parse_methods,
     say,
 )
-from xaiscope.errors import XaiscopeError
+from xaiscope.errors import ExplanationFileError
 
 DEFAULT_METHODS = "gradcam,gradcam++,scorecam,saliency"
 DEFAULT_OUT = "xaiscope_compare"
@@ -82,7 +84,7 @@ def _load_saved(paths: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for path in paths:
         if not Path(path).is_file():
-            raise XaiscopeError(f"--explanations {path}: no such file")
+            raise ExplanationFileError(f"cannot read explanation {path}: no such file")
         name = safe_name(Path(path).stem)
         while name in out:
             name += "_"
@@ -100,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--threshold must be in [0, 1), got {args.threshold}")
     out = Path(args.out)
     check_out(out)
+    saved = [i for i in args.images if str(i).lower().endswith(".npz")]
+    if saved and not args.explanations:
+        # `xaiscope compare a.npz b.npz` means the saved explanations, not images to explain
+        if len(saved) != len(args.images):
+            raise UsageError("give saved explanations (.npz) or images to explain, not both")
+        args.explanations, args.images = saved, []
     if args.explanations:
         if args.images or args.data:
             raise UsageError("give --explanations or images to explain, not both")
@@ -122,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     say(str(result))
     say("")
     say(str(result.summary()))
+    for note in result.warnings:
+        say(f"warning: {note}")
     say(f"wrote {', '.join(p.name for p in written)} in {out}")
     return 0
 

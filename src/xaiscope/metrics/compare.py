@@ -8,6 +8,14 @@ used to compare integrated gradients, LIME, Grad-CAM and the like side by side.
 
 "Normalised" means each map divided by its largest absolute value, so values lie in
 [-1, 1] (in [0, 1] for non-negative maps such as CAMs) whatever a method's scale.
+
+Maps must be finite numbers: empty maps, maps of strings or objects, and maps with NaN or
+inf are refused (:class:`~xaiscope.errors.ParameterError`), never turned into numbers. A
+constant map has no ordering, so none of the four statistics is defined for it: for every
+pair that involves it, that image's values are missing (None in ``rows``, null in JSON,
+empty in CSV, NaN in :meth:`Comparison.matrix`), the pair's means are taken over the other
+images (missing when none is left), and :attr:`Comparison.warnings` says which map is
+constant. They are never reported as 0.
 """
 
 from __future__ import annotations
@@ -40,10 +48,11 @@ class Comparison(ScoreTable):
     """The table :func:`compare` returns: one row per pair of methods.
 
     Columns: ``method_a``, ``method_b``, then ``spearman``, ``pearson``,
-    ``top_k_intersection`` and ``ssim`` (means over images) and ``n_images``; per-image
-    values in ``<statistic>_scores`` (CSV/JSON). ``names`` lists the methods, ``maps`` their
-    (H_i, W_i) maps per image. :meth:`matrix` gives one statistic as a method x method
-    array, :meth:`summary` one row per method.
+    ``top_k_intersection`` and ``ssim`` (means over the images where they are defined) and
+    ``n_images``; per-image values in ``<statistic>_scores`` (CSV/JSON), None where a map is
+    constant. ``warnings`` lists those maps (``"image 0: saliency's map is constant ..."``).
+    ``names`` lists the methods, ``maps`` their (H_i, W_i) maps per image. :meth:`matrix`
+    gives one statistic as a method x method array, :meth:`summary` one row per method.
     """
 
     def __init__(
@@ -56,6 +65,7 @@ class Comparison(ScoreTable):
         threshold: float,
         absolute: bool,
         seed: int,
+        warnings: Sequence[str] = (),
     ) -> None:
         hidden = [f"{s}_scores" for s in STATISTICS]
         cols = ["method_a", "method_b", *STATISTICS, "n_images", *hidden]
@@ -66,6 +76,8 @@ class Comparison(ScoreTable):
         self.threshold = threshold
         self.absolute = absolute
         self.seed = seed
+        #: why some statistics are missing (constant maps); empty when every one is defined
+        self.warnings = list(warnings)
 
     def matrix(self, statistic: str = "spearman") -> np.ndarray:
         """(M, M) symmetric array of ``statistic`` between methods (1 on the diagonal)."""
@@ -93,10 +105,8 @@ class Comparison(ScoreTable):
                     "share_above_threshold": float((np.abs(values) > self.threshold).mean()),
                     "mean_abs": float(np.abs(values).mean()),
                     "negative_share": float((values < 0).mean()),
-                    "sparseness": float(np.nanmean([gini(m) for m in self.maps[name]])),
-                    "mean_spearman_with_others": float(np.nanmean(others))
-                    if others.size
-                    else float("nan"),
+                    "sparseness": _mean_defined([gini(m) for m in self.maps[name]]),
+                    "mean_spearman_with_others": _mean_defined(list(others)),
                 }
             )
         return ScoreTable(rows, title=f"threshold {self.threshold:g} of max |attribution|")
@@ -123,6 +133,7 @@ class Comparison(ScoreTable):
             "threshold": self.threshold,
             "absolute": self.absolute,
             "summary": self.summary().rows,
+            "warnings": self.warnings,
         }
         return super().to_json(path, **{**meta, **extra})
 
@@ -164,6 +175,47 @@ def _entries(explanations: Any) -> list[tuple[str, Any]]:
     if len(entries) < 2:
         raise ParameterError(f"compare needs at least two explanations, got {len(entries)}")
     return entries
+
+
+def _mean_defined(values: Sequence[float]) -> float:
+    """Mean of the values that are not NaN; NaN when none is (no empty-slice warning)."""
+    kept = [v for v in values if not np.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
+def _numeric_maps(name: str, maps: Any) -> list[np.ndarray]:
+    """``maps`` as 2-D float64 arrays, refusing what would otherwise become numbers
+    silently: strings (``"0.5"`` converts), objects, empty maps, NaN and inf."""
+    items = [maps] if isinstance(maps, np.ndarray) and maps.ndim == 2 else maps
+    try:
+        kinds = [np.asarray(m).dtype for m in items]
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"{name}: maps must be numeric (N, H, W) arrays: {exc}") from None
+    for i, dtype in enumerate(kinds):
+        if dtype.kind not in "biuf":
+            raise ParameterError(
+                f"{name}: the map of image {i} is of dtype {dtype}, not real numbers"
+            )
+    out = as_map_list(items)
+    if not out:
+        raise ParameterError(f"{name} has no maps")
+    for i, m in enumerate(out):
+        if m.size == 0:
+            raise ParameterError(
+                f"{name}: the map of image {i} is empty ({m.shape[0]}x{m.shape[1]})"
+            )
+        finite = np.isfinite(m)
+        if not finite.all():
+            bad = int(m.size - np.count_nonzero(finite))
+            what = "is all NaN or inf" if bad == m.size else f"has {bad} NaN or inf values"
+            raise ParameterError(f"{name}: the map of image {i} {what}; it cannot be compared")
+    return out
+
+
+def _constant(m: np.ndarray) -> bool:
+    # the tolerance pearson() uses: constant up to float rounding means no ordering
+    peak = float(np.abs(m).max())
+    return float(m.max() - m.min()) <= 1e-12 * max(1.0, peak)
 
 
 def _check_same_images(entries: list[tuple[str, Any]], maps: dict[str, list[np.ndarray]]) -> None:
@@ -213,7 +265,9 @@ def compare(
     which values enter the histograms and the summary. ``absolute=True`` compares
     ``|maps|`` (signed methods such as integrated gradients against unsigned CAMs).
     Raises :class:`~xaiscope.errors.ExplanationMismatchError` when the explanations are
-    not of the same images.
+    not of the same images, :class:`~xaiscope.errors.ParameterError` for maps that are
+    empty, not real numbers, or hold NaN or inf. Constant maps are listed
+    in :attr:`Comparison.warnings`, and leave those statistics missing (None).
     """
     if not 0.0 <= float(threshold) < 1.0:
         raise ParameterError(f"threshold must be in [0, 1), got {threshold}")
@@ -221,14 +275,26 @@ def compare(
     maps: dict[str, list[np.ndarray]] = {}
     for name, e in entries:
         raw = e.maps if isinstance(e, Explanation) else e
-        maps[name] = as_map_list(raw)
+        maps[name] = _numeric_maps(name, raw)
     _check_same_images(entries, maps)
     names = [n for n, _ in entries]
+    constant = {n: [_constant(np.abs(m) if absolute else m) for m in maps[n]] for n in names}
+    warnings = [
+        f"image {i}: {n}'s map is constant ({float(maps[n][i].flat[0]):g} everywhere): "
+        "its statistics with every other map are undefined (left empty)"
+        for i in range(len(maps[names[0]]))
+        for n in names
+        if constant[n][i]
+    ]
     rng = np.random.default_rng(seed)
     rows = []
     for a, b in itertools.combinations(names, 2):
         per: dict[str, list[float]] = {s: [] for s in STATISTICS}
-        for ma, mb in zip(maps[a], maps[b], strict=True):
+        for i, (ma, mb) in enumerate(zip(maps[a], maps[b], strict=True)):
+            if constant[a][i] or constant[b][i]:
+                for s in STATISTICS:
+                    per[s].append(float("nan"))
+                continue
             per["spearman"].append(spearman(ma, mb, absolute=absolute))
             per["pearson"].append(pearson(np.abs(ma), np.abs(mb)) if absolute else pearson(ma, mb))
             per["top_k_intersection"].append(
@@ -237,10 +303,17 @@ def compare(
             per["ssim"].append(ssim(ma, mb, absolute=absolute))
         row: dict[str, Any] = {"method_a": a, "method_b": b}
         for s in STATISTICS:
-            row[s] = float(np.mean(per[s]))
+            row[s] = _mean_defined(per[s])
             row[f"{s}_scores"] = per[s]
         row["n_images"] = len(maps[a])
         rows.append(row)
     return Comparison(
-        rows, names, maps, k=k, threshold=float(threshold), absolute=absolute, seed=seed
+        rows,
+        names,
+        maps,
+        k=k,
+        threshold=float(threshold),
+        absolute=absolute,
+        seed=seed,
+        warnings=warnings,
     )

@@ -171,7 +171,7 @@ def sample_images(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
 
 #: rows are converted in blocks of about this many pixels, so the int64/float64 arithmetic
 #: that pins the rounding rules costs a few MB whatever the image size
-_BLOCK_PIXELS = 1 << 18
+_BLOCK_PIXELS = 1 << 16
 
 _TRANSPOSE_ORIENTATIONS = frozenset(range(2, 9))
 

@@ -115,12 +115,16 @@ def check_size(data: bytes, name: str, max_mb: float) -> None:
 
 def read_image_upload(name: str, data: bytes, max_mb: float = DEFAULT_MAX_UPLOAD_MB) -> np.ndarray:
     """Decode an uploaded image by its content (Pillow, decompression-bomb guard on);
-    the file name is only used in messages. (H, W, 3) uint8."""
+    the file name is only used in messages. (H, W, 3) uint8.
+
+    Uploads come from strangers: the pixel limit is ``app_max_image_pixels``, passed to this
+    call only (sessions run in threads; the process-wide ``max_image_pixels`` is untouched).
+    """
     from xaiscope.data.images import load_image
 
     check_size(data, name, max_mb)
     try:
-        return load_image(data)
+        return load_image(data, pixel_limit="app_max_image_pixels")
     except ImageLoadError as exc:
         # load_image calls bytes "<bytes>": the upload's own name is more useful
         raise ImageLoadError(str(exc).replace("<bytes>", repr(name))) from exc

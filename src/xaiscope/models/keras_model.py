@@ -51,6 +51,7 @@ from xaiscope.errors import (
     XaiscopeError,
 )
 from xaiscope.models.base import GradPass, Model, layer_suggestions
+from xaiscope.settings import get, limit_hint
 
 _UNSET: Any = object()
 
@@ -223,6 +224,7 @@ class KerasModel(Model):
         self._fns: dict[Any, Any] = {}
         self._layer_models: dict[Any, Any] = {}
         self._default_layer: Any = _UNSET
+        self._check_declared_outputs()
         probe = torch.rand(2, 3, *self.input_size, generator=torch.Generator().manual_seed(0))
         probe[0] = 0.0
         try:
@@ -232,6 +234,10 @@ class KerasModel(Model):
         except Exception as exc:
             raise ModelLoadError(f"cannot run {self.name}: {_first_line(exc)}") from exc
         classes = int(scores.shape[1])
+        if classes > get("max_labels"):
+            raise ModelLoadError(
+                f"{self.name} refused: it has {classes:,} outputs; {limit_hint('max_labels')}"
+            )
         if labels is not None and len(labels) != classes:
             raise ModelLoadError(
                 f"{len(labels)} labels given but {self.name} has {classes} outputs"
@@ -305,10 +311,32 @@ class KerasModel(Model):
                     f"{self.name} takes {static[0]}x{static[1]} images, not input_size={input_size}"
                 )
         self.input_size = static or input_size or (224, 224)
+        h, w = self.input_size
+        if h * w > get("max_input_pixels"):
+            # checked before the probe batch of two images of this size is made
+            raise ModelLoadError(
+                f"{self.name} refused: its input of {h}x{w} = {h * w:,} pixels is too large; "
+                f"{limit_hint('max_input_pixels')}"
+            )
         if self.channels not in (1, 3):
             raise ModelLoadError(
                 f"{self.name} takes {self.channels}-channel images; give preprocess= mapping "
                 "(N, 3, H, W) RGB to its input"
+            )
+
+    def _check_declared_outputs(self) -> None:
+        """Refuse a graph whose static output declares more classes than ``max_labels``,
+        before the probe pass would make that output."""
+        if not self.has_graph:
+            return
+        classes = 0
+        with contextlib.suppress(Exception):  # symbolic shapes vary between backends
+            dims = [int(d) for d in tuple(self.keras_model.outputs[0].shape)[1:] if d]
+            classes = int(np.prod(dims, dtype=np.float64)) if dims else 0
+        if classes > get("max_labels"):
+            raise ModelLoadError(
+                f"{self.name} refused: its output declares {classes:,} values per image; "
+                f"{limit_hint('max_labels')}"
             )
 
     def _setup_preprocess(
@@ -1129,12 +1157,105 @@ def _scan_config(config: Any) -> tuple[list[str], list[tuple[str, str, str]]]:
     return lambdas, custom
 
 
-def _read_config(path: Path) -> Any:
-    """The model config stored in a ``.keras`` archive or a legacy ``.h5`` file."""
+#: members of a ``.keras`` zip read as JSON text, bounded by ``max_metadata_bytes``
+_ARCHIVE_METADATA = ("config.json", "metadata.json")
+_WEIGHTS_MEMBER = "model.weights.h5"
+
+
+def _check_model_file(path: Path) -> None:
+    """Refuse, from headers and metadata only, a model file that would inflate past the
+    limits: ``max_archive_bytes`` for the members of a ``.keras`` zip and the arrays of an
+    HDF5 file (compressed chunks), ``max_metadata_bytes`` for its JSON."""
     try:
         if path.suffix.lower() == ".keras":
             with zipfile.ZipFile(path) as zf:
-                return json.loads(zf.read("config.json"))
+                _check_archive(zf, path)
+                if _WEIGHTS_MEMBER in zf.namelist():
+                    with zf.open(_WEIGHTS_MEMBER) as member:
+                        _check_h5(member, f"{path.name}/{_WEIGHTS_MEMBER}")
+        else:
+            _check_h5(path, path.name)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot read {path}: not a Keras model file ({_first_line(exc)})"
+        ) from exc
+
+
+def _check_archive(zf: zipfile.ZipFile, path: Path) -> None:
+    infos = zf.infolist()
+    total = sum(i.file_size for i in infos)
+    if total > get("max_archive_bytes"):
+        raise ModelLoadError(
+            f"{path.name} refused: its {len(infos)} archive member(s) inflate to {total:,} "
+            f"bytes ({path.stat().st_size:,} stored); {limit_hint('max_archive_bytes')}"
+        )
+    for info in infos:
+        if info.filename in _ARCHIVE_METADATA and info.file_size > get("max_metadata_bytes"):
+            raise ModelLoadError(
+                f"{path.name} refused: its {info.filename} inflates to {info.file_size:,} "
+                f"bytes; {limit_hint('max_metadata_bytes')}"
+            )
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """A JSON member read through a capped stream: zip headers can lie about sizes."""
+    limit = get("max_metadata_bytes")
+    parts: list[bytes] = []
+    size = 0
+    with zf.open(name) as member:
+        while chunk := member.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                raise ModelLoadError(
+                    f"{path.name} refused: its {name} inflates past {limit:,} bytes; "
+                    f"{limit_hint('max_metadata_bytes')}"
+                )
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+def _check_h5(source: Any, name: str) -> None:
+    """The JSON attributes and the arrays of an HDF5 file, sized from its metadata.
+
+    Arrays may be stored in compressed chunks, so a small file can declare gigabytes, which
+    Keras reads in full before it compares shapes. Attributes are never compressed in HDF5:
+    a variable-length string is at most the file's size, a fixed-length one is measured.
+    """
+    import h5py
+
+    with h5py.File(source, "r") as f:
+        for key in ("model_config", "training_config"):
+            if key in f.attrs:
+                size = f.attrs.get_id(key).get_storage_size()
+                if size > get("max_metadata_bytes"):
+                    raise ModelLoadError(
+                        f"{name} refused: its {key} attribute takes {size:,} bytes; "
+                        f"{limit_hint('max_metadata_bytes')}"
+                    )
+        total = 0
+
+        def add(_: str, obj: Any) -> None:
+            nonlocal total
+            if isinstance(obj, h5py.Dataset):
+                total += int(np.prod(obj.shape, dtype=np.float64)) * obj.dtype.itemsize
+
+        f.visititems(add)
+        if total > get("max_archive_bytes"):
+            raise ModelLoadError(
+                f"{name} refused: its arrays declare {total:,} bytes; "
+                f"{limit_hint('max_archive_bytes')}"
+            )
+
+
+def _read_config(path: Path) -> Any:
+    """The model config stored in a ``.keras`` archive or a legacy ``.h5`` file (sizes
+    already checked by :func:`_check_model_file`)."""
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as zf:
+                return json.loads(_read_member(zf, "config.json", path))
         import h5py
 
         with h5py.File(path, "r") as f:
@@ -1146,6 +1267,11 @@ def _read_config(path: Path) -> Any:
                 )
             if isinstance(raw, bytes):
                 raw = raw.decode("utf-8")
+            if len(raw) > get("max_metadata_bytes"):
+                raise ModelLoadError(
+                    f"{path.name} refused: its model_config attribute takes {len(raw):,} "
+                    f"characters; {limit_hint('max_metadata_bytes')}"
+                )
             return json.loads(raw)
     except ModelLoadError:
         raise
@@ -1172,10 +1298,12 @@ def load_keras_file(
     (CLI ``--trust-model``) allows both. Other keywords go to :class:`KerasModel`.
     """
     p = Path(path)
-    keras = import_keras()
     if not p.is_file():
         raise ModelLoadError(f"model file not found: {p}")
+    # sizes and config first: a refusal must not wait for TensorFlow to import
+    _check_model_file(p)
     config = _read_config(p)
+    keras = import_keras()
     lambdas, custom = _scan_config(config)
     if lambdas and not trust:
         raise UnsafeModelError(

@@ -29,6 +29,7 @@ from xaiscope.errors import (
 )
 from xaiscope.models.base import Model, layer_suggestions
 from xaiscope.models.callable_model import as_score_array, looks_like_probabilities
+from xaiscope.settings import get, limit_hint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -221,6 +222,10 @@ class OnnxModel(Model):
         except XaiscopeError as exc:
             raise ModelLoadError(f"cannot run {self.path}: {exc}") from exc
         classes = int(scores.shape[1])
+        if classes > get("max_labels"):
+            raise ModelLoadError(
+                f"{self.name} refused: it has {classes:,} outputs; {limit_hint('max_labels')}"
+            )
         if labels is not None and len(labels) != classes:
             raise ModelLoadError(
                 f"{len(labels)} labels given but {self.name} has {classes} outputs"
@@ -277,6 +282,14 @@ class OnnxModel(Model):
         elif output not in outputs:
             raise ModelLoadError(f"{self.name} has no output {output!r}; outputs: {outputs}")
         self.output_name: str = output
+        out_shape = self.session.get_outputs()[outputs.index(output)].shape or []
+        dims = [d for d in list(out_shape)[1:] if isinstance(d, int) and d > 0]
+        classes = int(np.prod(dims, dtype=np.float64)) if dims else 0
+        if classes > get("max_labels"):
+            raise ModelLoadError(
+                f"{self.name} refused: its output {output!r} declares {classes:,} values per "
+                f"image; {limit_hint('max_labels')}"
+            )
 
     def _setup_size(self, input_size: tuple[int, int] | int | None) -> None:
         shape = self._input_shape
@@ -291,6 +304,16 @@ class OnnxModel(Model):
                     f"{self.name} takes {static[0]}x{static[1]} images, not input_size={input_size}"
                 )
         self.input_size = static or input_size or (224, 224)
+        # the probe pass, shape inference and every chunk make batches of this size, so the
+        # size a file declares is refused here, before any of them is made
+        h, w = self.input_size
+        batch = self._static_batch or 1
+        if batch * h * w > get("max_input_pixels"):
+            what = f"{h}x{w}" + (f" in batches of {batch}" if batch > 1 else "")
+            raise ModelLoadError(
+                f"{self.name} refused: its input of {what} = {batch * h * w:,} pixels is too "
+                f"large; {limit_hint('max_input_pixels')}"
+            )
 
     # -------------------------------------------------------------- primitives
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:

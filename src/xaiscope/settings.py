@@ -53,6 +53,10 @@ class Limits:
     max_input_pixels: int = 4096 * 4096
     #: total uncompressed size of an archive (a ``.keras`` zip) before it is opened
     max_archive_bytes: int = 4096 * MB
+    #: size of the pickled part of a PyTorch checkpoint (``data.pkl``: names, labels and
+    #: settings; the tensors are stored beside it). Safe unpickling runs in Python at about
+    #: 2 MB/s, so this bounds time as much as memory.
+    max_pickle_bytes: int = 8 * MB
     #: size of JSON metadata read from a file (a ``.keras`` config.json, a registry
     #: config.json, a saved explanation's metadata)
     max_metadata_bytes: int = 64 * MB

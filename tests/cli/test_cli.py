@@ -426,7 +426,8 @@ def test_torchscript_model_loads_without_deprecation_noise(
     model = _tiny_torchscript(tmp_path / "tiny_ts.pt")
     exe = shutil.which("xaiscope")
     cmd = [exe] if exe else [sys.executable, "-m", "xaiscope.cli"]
-    argv = [str(files["cat"]), "--model", str(model), "--method", "gradcam", "--layer", "nope"]
+    argv = [str(files["cat"]), "--model", str(model), "--trust-model"]
+    argv += ["--method", "gradcam", "--layer", "nope"]
     out = tmp_path / "out"
     proc = subprocess.run(
         [*cmd, "explain", *argv, "--out", str(out)],

@@ -87,7 +87,9 @@ def test_torchscript_file(tmp_path):
     net = SmallCNN()
     path = tmp_path / "small.pt"
     torch.jit.save(torch.jit.script(net), str(path))
-    model = xs.load_model(path, input_size=16)
+    with pytest.raises(xs.UnsafeModelError, match="TorchScript, which is code"):
+        xs.load_model(path, input_size=16)
+    model = xs.load_model(path, input_size=16, trust=True)
     images = rand_images(2, size=16)
     ref = xs.wrap(net, input_size=16)
     torch.testing.assert_close(
@@ -114,7 +116,7 @@ def test_checkpoint_round_trip_is_safe(tmp_path):
 def test_unsafe_pickle_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"net": SmallCNN()}, path)  # a pickled module: needs weights_only=False
-    with pytest.raises(xs.ModelLoadError, match="not TorchScript and not a safe"):
+    with pytest.raises(xs.ModelLoadError, match="not a safe state dict"):
         xs.load_model(path)
     plain = tmp_path / "plain.pth"
     torch.save(SmallCNN().state_dict(), plain)

@@ -29,6 +29,7 @@ import numpy as np
 from xaiscope.batching import progress_listener
 from xaiscope.cli.common import reason
 from xaiscope.errors import ImageLoadError, ParameterError, XaiscopeError
+from xaiscope.models.file_checks import is_torchscript
 
 #: Default limit on one uploaded file, in megabytes (``xaiscope app --max-upload-mb``).
 DEFAULT_MAX_UPLOAD_MB = 200
@@ -143,7 +144,7 @@ def sniff_model(name: str, data: bytes) -> str:
         )
     # before the header checks: torch.jit.load finds a zip anywhere in a file (a legacy
     # torch header followed by a TorchScript archive loads as TorchScript)
-    if _holds_torchscript(data):
+    if is_torchscript(data):
         raise UploadError(f"{name}: {TORCHSCRIPT_REFUSED}")
     head = data[:16]
     if head.startswith(_ZIP):
@@ -181,54 +182,17 @@ def sniff_model(name: str, data: bytes) -> str:
 
 
 def _zip_kind(data: bytes) -> str:
-    """``keras``, ``torch`` (a ``torch.save`` archive), ``torchscript``, ``broken`` or
-    ``other``, from the zip's table of contents (nothing in it is run or unpickled)."""
+    """``keras``, ``torch`` (a ``torch.save`` archive), ``broken`` or ``other``, from the zip's table of contents (nothing in it is run or unpickled)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = zf.namelist()
     except zipfile.BadZipFile:
         return "broken"
-    if _torchscript_names(names):
-        return "torchscript"
     if "config.json" in names and any(n.endswith(".weights.h5") for n in names):
         return "keras"
     if any(n.endswith("data.pkl") for n in names):
         return "torch"
     return "other"
-
-
-def _torchscript_names(names: Sequence[str]) -> bool:
-    # torch.jit.save writes the module's source under <archive>/code/ and needs
-    # <archive>/constants.pkl to load; torch.save writes neither. Names are read
-    # with and without the archive folder, as torch's own reader drops it.
-    for name in names:
-        parts = name.replace("\\", "/").split("/")
-        if "code" in parts[:-1] or parts[-1] in ("constants.pkl", "bytecode.pkl", "model.json"):
-            return True
-    return False
-
-
-def _holds_torchscript(data: bytes | Path) -> bool:
-    """Whether ``data`` (bytes, or a file) is, or hides, an archive that ``torch.jit.load``
-    would run.
-
-    Asks both Python's zip reader and torch's (the one ``torch.jit.load`` uses), so that
-    a file the two read differently is still caught.
-    """
-    names: list[str] = []
-    try:
-        with zipfile.ZipFile(data if isinstance(data, Path) else io.BytesIO(data)) as zf:
-            names += zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        pass
-    try:
-        import torch
-
-        source = str(data) if isinstance(data, Path) else io.BytesIO(data)
-        names += list(torch._C.PyTorchFileReader(source).get_all_records())
-    except Exception:  # not an archive torch can read: nothing it would run
-        pass
-    return _torchscript_names(names)
 
 
 # ---------------------------------------------------------------------------- models
@@ -355,7 +319,7 @@ def _check_upload(choice: ModelChoice) -> None:
     path = Path(choice.spec)
     if path.suffix.lower() not in (".pt", ".pth"):
         return
-    if _holds_torchscript(path):
+    if is_torchscript(path):
         raise UnsafeModelError(f"{choice.label}: {TORCHSCRIPT_REFUSED}")
     ckpt = None
     # mmap keeps the tensors on disk (only the dict around them is read); files in the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,17 @@ from torch import nn
 from xaiscope.errors import ModelLoadError, OfflineError
 from xaiscope.models import registry_store
 from xaiscope.models.base import Model
+from xaiscope.models.file_checks import (
+    ZOO_PREFIXES,
+    build_fitting,
+    check_input_size,
+    check_labels,
+    check_normalisation,
+    check_pickle_size,
+    is_torchscript,
+    refuse_torchscript,
+    torch_load_reason,
+)
 from xaiscope.models.torch_model import TorchModel
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -55,7 +67,8 @@ def load_model(spec: str | os.PathLike[str], **kw: Any) -> Model:
     """
     text = os.fspath(spec)
     device = kw.pop("device", None)
-    # trust=True only matters where loading can run code from the file (Keras Lambda layers)
+    # trust=True only matters where loading runs code from the file: TorchScript, Keras
+    # Lambda layers and custom layers
     trust = bool(kw.pop("trust", False))
     suffix = Path(text).suffix.lower()
     if text.startswith("keras:") or suffix in {".keras", ".h5", ".hdf5"}:
@@ -77,7 +90,7 @@ def load_model(spec: str | os.PathLike[str], **kw: Any) -> Model:
     elif registry_store.is_entry_dir(text):
         model = registry_store.load_entry(text, device=device, **_registry_kw(kw, text))
     elif Path(text).suffix.lower() in {".pt", ".pth", ".ts"} or Path(text).exists():
-        model = _load_path(Path(text), device=device, **kw)
+        model = _load_path(Path(text), device=device, trust=trust, **kw)
     elif registry_store.find_entry(text, kw.get("models_dir")) is not None:
         model = registry_store.load_entry(text, device=device, **_registry_kw(kw, text))
     else:
@@ -275,6 +288,27 @@ def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
         raise _download_error(name, exc) from exc
 
 
+def _timm_module(
+    name: str, *, pretrained: bool = False, num_classes: int | None = None, **kw: Any
+) -> nn.Module:
+    import timm
+
+    if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+        raise ModelLoadError(f"timm has no model {name!r} (see timm.list_models())")
+    extra: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if pretrained:
+        _check_hub_reachable(f"timm:{name}")
+    try:
+        module: nn.Module = timm.create_model(name, pretrained=pretrained, **extra, **kw)
+    except (OSError, RuntimeError, ConnectionError) as exc:
+        if pretrained:
+            raise _download_error(f"timm:{name}", exc) from exc
+        raise ModelLoadError(f"cannot build timm:{name}: {exc}") from exc
+    except TypeError as exc:
+        raise ModelLoadError(f"cannot build timm:{name}: {exc}") from exc
+    return module
+
+
 def _load_timm(
     name: str,
     *,
@@ -284,21 +318,7 @@ def _load_timm(
     labels: Sequence[str] | None = None,
     **kw: Any,
 ) -> TorchModel:
-    import timm
-
-    if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
-        raise ModelLoadError(f"timm has no model {name!r} (see timm.list_models())")
-    extra: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
-    if pretrained:
-        _check_hub_reachable(f"timm:{name}")
-    try:
-        module = timm.create_model(name, pretrained=pretrained, **extra, **kw)
-    except (OSError, RuntimeError, ConnectionError) as exc:
-        if pretrained:
-            raise _download_error(f"timm:{name}", exc) from exc
-        raise ModelLoadError(f"cannot build timm:{name}: {exc}") from exc
-    except TypeError as exc:
-        raise ModelLoadError(f"cannot build timm:{name}: {exc}") from exc
+    module = _timm_module(name, pretrained=pretrained, num_classes=num_classes, **kw)
     cfg: dict[str, Any] = dict(getattr(module, "pretrained_cfg", {}) or {})
     classes = int(getattr(module, "num_classes", 0) or 0)
     if labels is None and classes == 1000:
@@ -315,15 +335,9 @@ def _load_timm(
     )
 
 
-def _load_torchvision(
-    name: str,
-    *,
-    pretrained: bool = False,
-    device: str | torch.device | None = None,
-    num_classes: int | None = None,
-    labels: Sequence[str] | None = None,
-    input_size: int | tuple[int, int] = 224,
-) -> TorchModel:
+def _torchvision_module(
+    name: str, *, pretrained: bool = False, num_classes: int | None = None
+) -> nn.Module:
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
@@ -335,24 +349,75 @@ def _load_torchvision(
     extra: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     weights = "DEFAULT" if pretrained else None
     try:
-        module = torchvision.models.get_model(name, weights=weights, **extra)
+        module: nn.Module = torchvision.models.get_model(name, weights=weights, **extra)
     except (OSError, RuntimeError, ConnectionError) as exc:
         if pretrained:
             raise _download_error(f"torchvision:{name}", exc) from exc
         raise ModelLoadError(f"cannot build torchvision:{name}: {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"cannot build torchvision:{name}: {exc}") from exc
+    return module
+
+
+def _load_torchvision(
+    name: str,
+    *,
+    pretrained: bool = False,
+    device: str | torch.device | None = None,
+    num_classes: int | None = None,
+    labels: Sequence[str] | None = None,
+    input_size: int | tuple[int, int] = 224,
+) -> TorchModel:
+    module = _torchvision_module(name, pretrained=pretrained, num_classes=num_classes)
     classes = num_classes or 1000
     if labels is None and classes == 1000:
         labels = list(imagenet_labels())
     return TorchModel(module, labels=labels, input_size=input_size, device=device, name=name)
 
 
-def _load_path(path: Path, *, device: str | torch.device | None = None, **kw: Any) -> TorchModel:
-    """A TorchScript file, or a checkpoint written by :func:`save_checkpoint`."""
+def _load_path(
+    path: Path, *, device: str | torch.device | None = None, trust: bool = False, **kw: Any
+) -> TorchModel:
+    """A TorchScript file (only with ``trust``: it is code), or a checkpoint written by
+    :func:`save_checkpoint` (read with ``weights_only=True``: tensors and plain values only)."""
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     map_location = device or "cpu"
+    if is_torchscript(path):
+        if not trust:
+            refuse_torchscript(path)
+        return _load_torchscript(path, map_location, device, **kw)
+    check_pickle_size(path, str(path))
+    try:
+        with warnings.catch_warnings():
+            # "Detected pickle protocol 4": noise next to the one-line error below
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load {path}: not a safe state dict or checkpoint that xaiscope can load "
+            f"({torch_load_reason(exc)}); save the module as an xaiscope checkpoint "
+            "(xaiscope.models.save_checkpoint), or build it in Python and pass it to "
+            "xs.wrap(module)"
+        ) from None
+    if not (isinstance(ckpt, dict) and "xaiscope_arch" in ckpt):
+        raise ModelLoadError(
+            f"{path} is a plain state dict or pickle: build the module in Python, load the "
+            "weights, and wrap it with xs.wrap(module), or save it with "
+            "xaiscope.models.save_checkpoint"
+        )
+    return _from_checkpoint(ckpt, path, device=device)
+
+
+def _is_zip(path: Path) -> bool:
+    # mmap keeps a large checkpoint's tensors on disk until they are copied into the
+    # module; only the zip format (torch >= 1.6) supports it
+    return zipfile.is_zipfile(path)
+
+
+def _load_torchscript(
+    path: Path, map_location: str | torch.device, device: str | torch.device | None, **kw: Any
+) -> TorchModel:
     try:
         with warnings.catch_warnings():
             # torch >= 2.9 deprecates torch.jit.load; TorchScript files are still what we
@@ -363,53 +428,21 @@ def _load_path(path: Path, *, device: str | torch.device | None = None, **kw: An
                     "ignore", message=r".*torch\.jit\.load.* is deprecated", category=category
                 )
             module = torch.jit.load(str(path), map_location=map_location)
-    except Exception:  # not TorchScript (or unreadable): the checkpoint path says why
-        module = None
-    if module is not None:
-        return TorchModel(
-            module,
-            labels=kw.pop("labels", None),
-            input_size=kw.pop("input_size", (224, 224)),
-            device=device,
-            name=path.name,
-            **kw,
-        )
-    try:
-        with warnings.catch_warnings():
-            # "Detected pickle protocol 4": noise next to the one-line error below
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ModelLoadError(
-            f"cannot load {path}: not TorchScript and not a safe state dict or checkpoint "
-            f"that xaiscope can load ({_torch_load_reason(exc)}); save the module with "
-            "torch.jit.save, or, for a file you trust, build the module in Python and pass "
-            "it to xs.wrap(module)"
-        ) from exc
-    if not (isinstance(ckpt, dict) and "xaiscope_arch" in ckpt):
-        raise ModelLoadError(
-            f"{path} is a plain state dict or pickle: save the module with torch.jit.save, "
-            "or wrap it with xs.wrap(module) after building it yourself"
-        )
-    return _from_checkpoint(ckpt, path, device=device)
+        raise ModelLoadError(f"cannot load TorchScript file {path}: {_first_line(exc)}") from None
+    return TorchModel(
+        module,
+        labels=kw.pop("labels", None),
+        input_size=kw.pop("input_size", (224, 224)),
+        device=device,
+        name=path.name,
+        **kw,
+    )
 
 
-def _torch_load_reason(exc: BaseException) -> str:
-    """The gist of a failed ``torch.load(weights_only=True)``, without torch's advice.
-
-    torch suggests re-running with ``weights_only=False`` (or allow-listing globals), which
-    runs arbitrary code from the file: never repeat that to a user of an unknown file.
-    """
-    text, prefix = str(exc), ""
-    if "WeightsUnpickler error:" in text:
-        # "Unsupported operand 122" (corrupt / not torch) or "Unsupported global: GLOBAL x"
-        text, prefix = text.split("WeightsUnpickler error:", 1)[1], "safe unpickling: "
-    elif isinstance(exc, EOFError) or not text.strip():
-        return "the file is empty or cut short"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # keep the first sentence: the rest of torch's messages is advice
-    first = lines[0].split(". ", 1)[0].rstrip(".") if lines else ""
-    return prefix + first if first else type(exc).__name__
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def save_checkpoint(model: TorchModel, path: str | os.PathLike[str], arch: str) -> Path:
@@ -435,21 +468,38 @@ def save_checkpoint(model: TorchModel, path: str | os.PathLike[str], arch: str) 
 def _from_checkpoint(
     ckpt: dict[str, Any], path: Path, *, device: str | torch.device | None
 ) -> TorchModel:
-    arch = str(ckpt["xaiscope_arch"])
-    labels = list(ckpt.get("labels") or [])
-    base = load_model(arch, num_classes=len(labels) or None, device="cpu")
-    assert isinstance(base, TorchModel)
-    try:
-        base.module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise ModelLoadError(f"{path}: weights do not fit {arch}: {exc}") from exc
-    size = list(ckpt.get("input_size", base.input_size))
+    where = str(path)
+    arch = ckpt["xaiscope_arch"]
+    if not isinstance(arch, str) or not arch.startswith(ZOO_PREFIXES) or len(arch) > 200:
+        # a path here could be TorchScript (code) or this very checkpoint (endless recursion)
+        raise ModelLoadError(
+            f"{where}: the architecture must be a timm:NAME or torchvision:NAME spec, "
+            f"got {str(arch)[:80]!r}"
+        )
+    labels = check_labels(ckpt.get("labels") or [], where)
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ModelLoadError(f"{where}: state_dict is not a mapping of names to tensors")
+    size = check_input_size(ckpt.get("input_size", (224, 224)), where)
+    mean = check_normalisation(ckpt.get("mean", IMAGENET_MEAN), where, "mean")
+    std = check_normalisation(ckpt.get("std", IMAGENET_STD), where, "std")
+    num_classes = len(labels) or None
+    module = build_fitting(lambda: _zoo_module(arch, num_classes), state, where)
     return TorchModel(
-        base.module,
+        module,
         labels=labels or None,
-        input_size=(int(size[0]), int(size[1])),
-        mean=ckpt.get("mean", IMAGENET_MEAN),
-        std=ckpt.get("std", IMAGENET_STD),
+        input_size=size,
+        mean=mean,
+        std=std,
         device=device,
         name=path.name,
     )
+
+
+def _zoo_module(arch: str, num_classes: int | None) -> nn.Module:
+    """A fresh, randomly initialised module of a ``timm:`` or ``torchvision:`` spec."""
+    if arch.startswith("timm:"):
+        return _timm_module(arch[5:], num_classes=num_classes)
+    return _torchvision_module(arch[12:], num_classes=num_classes)

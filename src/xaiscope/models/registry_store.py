@@ -31,7 +31,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from xaiscope.errors import ModelLoadError, RegistryError
+from xaiscope.errors import ModelLoadError, ParameterError, RegistryError
+from xaiscope.models.file_checks import (
+    build_fitting,
+    check_input_size,
+    check_labels,
+    check_normalisation,
+    check_pickle_size,
+    torch_load_reason,
+)
+from xaiscope.settings import get, limit_hint
 
 if TYPE_CHECKING:
     from xaiscope.models.torch_model import TorchModel
@@ -105,6 +114,12 @@ class RegistryEntry:
         """One line for listings: arch, classes, input size, best validation accuracy, date."""
         if self.error:
             return f"(unreadable: {self.error})"
+        try:
+            return self._describe()
+        except (TypeError, ValueError, AttributeError) as exc:  # a hand-edited config
+            return f"(unreadable: {type(exc).__name__}: {exc})"
+
+    def _describe(self) -> str:
         h, w = self.input_size
         labels = self.labels
         shown = ", ".join(labels[:4]) + (", ..." if len(labels) > 4 else "")
@@ -126,14 +141,26 @@ def is_entry_dir(path: str | os.PathLike[str]) -> bool:
     return p.is_dir() and (p / CONFIG).is_file() and (p / WEIGHTS).is_file()
 
 
+def _check_config_size(path: Path, name: str) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > get("max_metadata_bytes"):
+            raise ModelLoadError(
+                f"registry entry {name}: config.json is larger than allowed "
+                f"({limit_hint('max_metadata_bytes')})"
+            )
+
+
 def _read_entry(folder: Path) -> RegistryEntry:
     try:
+        if (folder / CONFIG).stat().st_size > get("max_metadata_bytes"):
+            raise ValueError(f"config.json is larger than {get('max_metadata_bytes'):,} bytes")
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
         if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise ValueError(f"not an {FORMAT} config")
         return RegistryEntry(folder.name, folder, config)
-    except (OSError, ValueError) as exc:
-        return RegistryEntry(folder.name, folder, {}, error=f"{type(exc).__name__}: {exc}")
+    except (OSError, ValueError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return RegistryEntry(folder.name, folder, {}, error=f"{type(exc).__name__}: {first}")
 
 
 def list_entries(path: str | os.PathLike[str] | None = None) -> list[RegistryEntry]:
@@ -266,48 +293,98 @@ def load_entry(
     folder = Path(text) if is_entry_dir(text) else models_dir(models_dir_path) / text
     if not (folder / CONFIG).is_file():
         raise ModelLoadError(f"no model called {text!r} in the registry {folder.parent}")
+    _check_config_size(folder / CONFIG, text)
     entry = _read_entry(folder)
     if entry.error:
-        raise ModelLoadError(f"registry entry {folder}: unreadable config.json ({entry.error})")
+        raise ModelLoadError(f"registry entry {entry.name}: unreadable config.json ({entry.error})")
+    where = f"registry entry {entry.name}"
     cfg = entry.config
-    weights = folder / str(cfg.get("weights", WEIGHTS))
+    weights = _weights_file(folder, cfg.get("weights", WEIGHTS), where)
     try:
-        labels = [str(x) for x in cfg["labels"]]
-        size = (int(cfg["input_size"][0]), int(cfg["input_size"][1]))
-        mean = [float(x) for x in cfg["mean"]]
-        std = [float(x) for x in cfg["std"]]
-        arch = str(cfg["arch"])
-        arch_kwargs = dict(cfg.get("arch_kwargs") or {})
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ModelLoadError(f"registry entry {folder}: config.json lacks {exc}") from None
+        arch = cfg["arch"]
+        labels = check_labels(cfg["labels"], where)
+        size = check_input_size(cfg["input_size"], where)
+        mean = check_normalisation(cfg["mean"], where, "mean")
+        std = check_normalisation(cfg["std"], where, "std")
+    except KeyError as exc:
+        raise ModelLoadError(f"{where}: config.json lacks {exc}") from None
+    if not isinstance(arch, str):
+        raise ModelLoadError(f"{where}: arch must be a name, got {arch!r}")
+    arch_kwargs = _checked_arch_kwargs(arch, cfg.get("arch_kwargs") or {}, where)
     expected = cfg.get("weights_sha256")
-    if not weights.is_file():
-        raise ModelLoadError(f"registry entry {folder}: {weights.name} is missing")
     if expected and _sha256(weights) != expected:
         raise ModelLoadError(
-            f"registry entry {folder}: {weights.name} does not match the checksum in "
+            f"{where}: {weights.name} does not match the checksum in "
             "config.json (changed or corrupt since it was saved)"
         )
+    check_pickle_size(weights, where)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelLoadError(
-            f"registry entry {folder}: cannot read {weights.name} safely "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"{where}: cannot read {weights.name} safely ({torch_load_reason(exc)})"
         ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelLoadError(f"registry entry {folder}: {weights.name} is not a state dict")
-    module = build_arch(arch, len(labels), size, **arch_kwargs)
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ModelLoadError(f"{where}: {weights.name} is not a state dict")
+    if len(labels) < 2:
+        raise ModelLoadError(f"{where}: needs at least 2 labels, has {len(labels)}")
     try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelLoadError(
-            f"registry entry {folder}: weights do not fit {arch}: {first}"
-        ) from None
+        module = build_fitting(
+            lambda: build_arch(arch, len(labels), size, **arch_kwargs), state, where
+        )
+    except ParameterError as exc:  # an architecture option out of range
+        raise ModelLoadError(f"{where}: {exc}") from None
     return _TorchModel(
         module, labels=labels, input_size=size, mean=mean, std=std, device=device, name=entry.name
     )
+
+
+def _weights_file(folder: Path, name: Any, where: str) -> Path:
+    """The entry's weights file, which must be a plain file name inside the entry's folder:
+    an entry from elsewhere must not make xaiscope read files outside it."""
+    text = str(name)
+    if (
+        not isinstance(name, str)
+        or not text
+        or text != Path(text).name
+        or text in (".", "..")
+        or "\\" in text
+    ):
+        raise ModelLoadError(
+            f"{where}: weights must be a file name inside the entry's folder, got {text[:80]!r}"
+        )
+    path = folder / text
+    try:
+        inside = path.resolve().parent == folder.resolve()
+    except OSError:
+        inside = False
+    if not inside:  # a symbolic link out of the folder
+        raise ModelLoadError(f"{where}: weights {text!r} points outside the entry's folder")
+    if not path.is_file():
+        raise ModelLoadError(f"{where}: {text} is missing")
+    return path
+
+
+def _checked_arch_kwargs(arch: str, given: Any, where: str) -> dict[str, Any]:
+    """Only the documented options of ``arch``, with plain JSON values: a stranger's entry
+    must not reach other builder arguments (timm's ``checkpoint_path`` loads any file)."""
+    from xaiscope.train.archs import arch_options
+
+    if not isinstance(given, dict):
+        raise ModelLoadError(f"{where}: arch_kwargs must be a mapping")
+    allowed = arch_options(arch)
+    for key, value in given.items():
+        if key not in allowed:
+            valid = ", ".join(sorted(allowed)) or "none"
+            raise ModelLoadError(
+                f"{where}: option {str(key)[:40]!r} is not an option of {arch[:60]} "
+                f"(allowed: {valid})"
+            )
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise ModelLoadError(f"{where}: option {key} must be a number or a word")
+    return dict(given)
 
 
 def _sha256(path: Path) -> str:

@@ -285,6 +285,31 @@ _ABOUT = {
 }
 
 
+#: Options of timm models that a saved entry may carry: regularisation only. Others (e.g.
+#: ``checkpoint_path``, ``pretrained_cfg_overlay``) would let a registry file make timm read
+#: other files or download.
+TIMM_OPTIONS = frozenset({"drop_rate", "drop_path_rate", "drop_block_rate", "global_pool"})
+_CLASSES: dict[str, type[nn.Module]] = {
+    "cifar10_cnn": Cifar10CNN,
+    "small_cnn": SmallCNN,
+    "tiny_vit": TinyViT,
+}
+
+
+def arch_options(arch: str) -> frozenset[str]:
+    """The documented options of ``arch`` (the keywords :func:`build_arch` passes on),
+    without the number of classes and the input size, which are given separately."""
+    import inspect
+
+    if arch.startswith("timm:"):
+        return TIMM_OPTIONS
+    cls = _CLASSES.get(arch)
+    if cls is None:
+        return frozenset()
+    params = inspect.signature(cls.__init__).parameters
+    return frozenset(p for p in params if p not in ("self", "num_classes", "input_size"))
+
+
 def arch_names() -> dict[str, str]:
     """Architectures :func:`build_arch` knows, with a one-line description each."""
     return dict(_ABOUT)

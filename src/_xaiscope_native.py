@@ -16,11 +16,15 @@ Set ``XAISCOPE_DEEPBIND=0`` to switch it off (for instance under AddressSanitize
 RTLD_DEEPBIND).
 """
 
-from __future__ import annotations
-
 import os
 import sys
-from typing import Any
+
+# typing is not loaded at start-up in a plain interpreter and costs milliseconds; this module
+# runs from a .pth in every interpreter, so its names are for type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+    from typing import Any
 
 __all__ = ["TARGET", "install", "installed"]
 
@@ -40,7 +44,9 @@ class _DeepBindFinder:
         self._flag = flag
         self._busy = False
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+    def find_spec(
+        self, fullname: str, path: "Any" = None, target: "Any" = None
+    ) -> "ModuleSpec | None":
         if fullname != TARGET or self._busy:
             return None
         try:
@@ -49,7 +55,7 @@ class _DeepBindFinder:
             # Never break an import: let the normal machinery load it the usual way.
             return None
 
-    def _deepbind_spec(self, fullname: str, path: Any, target: Any) -> Any:
+    def _deepbind_spec(self, fullname: str, path: "Any", target: "Any") -> "ModuleSpec | None":
         from importlib.machinery import ExtensionFileLoader
 
         self._busy = True
@@ -71,7 +77,7 @@ class _DeepBindFinder:
         flag = self._flag
 
         class _DeepBindLoader(ExtensionFileLoader):
-            def create_module(self, spec: Any) -> Any:
+            def create_module(self, spec: "ModuleSpec") -> "Any":
                 old = sys.getdlopenflags()
                 sys.setdlopenflags(old | flag)
                 try:

@@ -24,8 +24,9 @@ class OfflineError(ModelLoadError):
 
 
 class UnsafeModelError(ModelLoadError):
-    """A model file would run code when loaded (a Keras ``Lambda`` with Python bytecode, or a
-    custom layer whose module must be imported); refused unless ``trust=True``."""
+    """A model file would run code when loaded (TorchScript, a Keras ``Lambda`` with Python
+    bytecode, or a custom layer whose module must be imported); refused unless
+    ``trust=True`` (``--trust-model``)."""
 
 
 class UnknownMethodError(XaiscopeError, KeyError):

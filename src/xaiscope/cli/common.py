@@ -22,8 +22,24 @@ class UsageError(XaiscopeError):
 
 
 def one_line(text: str) -> str:
-    """Collapse whitespace so a message prints as exactly one line."""
-    return " ".join(str(text).split())
+    """Collapse whitespace and escape control characters, so a message prints as exactly one
+    line and text from a file (a label, a layer name) cannot move the cursor or recolour
+    the terminal."""
+    return terminal_safe(" ".join(str(text).split()))
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control and format characters (newlines, escape sequences, bidi
+    overrides) shown as ``\\n``, ``\\x1b``, ``\\u202e``: one line, printed as written."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        else:
+            out.append(ascii(ch)[1:-1] if ch != "\\" else ch)
+    return "".join(out)
 
 
 def reason(exc: BaseException) -> str:

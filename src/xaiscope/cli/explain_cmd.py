@@ -23,6 +23,7 @@ from xaiscope.cli.common import (
     load_model,
     probe_writable_dir,
     safe_name,
+    terminal_safe,
     write_json,
 )
 from xaiscope.cli.params import ParamArg, method_params, parse_param_args
@@ -103,8 +104,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-model",
         action="store_true",
-        help="allow a model file to run code while loading (Keras Lambda layers, custom "
-        "layers' modules); only for files from a source you trust",
+        help="allow a model file to run code while loading (TorchScript .pt files, Keras "
+        "Lambda layers, custom layers' modules); only for files from a source you trust",
     )
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     p.add_argument("--cmap", default="jet", help="matplotlib colormap (default: jet)")
@@ -321,7 +322,7 @@ def write_outputs(
     stem = f"{item.image_id}_{method_part}"
     panels: list[Path] = []
     for k, name in enumerate(_target_names(per_image)):
-        label = per_image.target_labels[k]
+        label = terminal_safe(str(per_image.target_labels[k]))  # one line in the title too
         target = int(per_image.targets[k])
         prob = (
             f", p = {float(per_image.probabilities[k]):.1%}"
@@ -360,17 +361,18 @@ def write_outputs(
 def _print(text: str) -> None:
     from tqdm import tqdm
 
-    tqdm.write(text, file=sys.stdout)  # keeps a live progress bar intact
+    # keeps a live progress bar intact; lines stay lines whatever a model file put in them
+    tqdm.write("\n".join(terminal_safe(line) for line in text.split("\n")), file=sys.stdout)
 
 
 def _predictions_text(item: ImageItem, preds: list[dict[str, Any]]) -> str:
     h, w = item.array.shape[:2]
     lines = [f"{item.image_id} ({w}x{h}): top-{len(preds)} predictions"]
-    width = max(len(p["label"]) for p in preds)
-    for rank, p in enumerate(preds, 1):
-        lines.append(
-            f"  {rank}. {p['label']:<{width}}  {p['probability']:7.2%}  (class {p['index']})"
-        )
+    # labels come from model files: a newline or an escape sequence must not break the table
+    labels = [terminal_safe(str(p["label"])) for p in preds]
+    width = max(len(label) for label in labels)
+    for rank, (p, label) in enumerate(zip(preds, labels, strict=True), 1):
+        lines.append(f"  {rank}. {label:<{width}}  {p['probability']:7.2%}  (class {p['index']})")
     return "\n".join(lines)
 
 

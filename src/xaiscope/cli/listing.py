@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from xaiscope.cli.common import check_device, load_model
+from xaiscope.cli.common import check_device, load_model, terminal_safe
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -81,7 +81,7 @@ def _print_registry(models_dir: str | None) -> None:
     print(f"trained models in {root} (load with --model NAME):")
     width = max(len(e.name) for e in entries)
     for entry in entries:
-        print(f"  {entry.name:<{width}}  {entry.describe()}")
+        print(f"  {entry.name:<{width}}  {terminal_safe(entry.describe())}")
 
 
 def run_models_layers(args: argparse.Namespace) -> int:
@@ -89,7 +89,8 @@ def run_models_layers(args: argparse.Namespace) -> int:
     names = model.layers()
     default = model.default_layer
     for name in names:
-        print(f"{name}  (default)" if name == default else name)
+        shown = terminal_safe(name)  # layer names come from the model file
+        print(f"{shown}  (default)" if name == default else shown)
     if default is not None and default not in names:
         print(f"{default}  (default)")
     return 0

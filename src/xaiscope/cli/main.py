@@ -1,9 +1,10 @@
 """The ``xaiscope`` command line: ``explain``, ``models``, ``methods``, ``train``, ``report``,
 ``evaluate``, ``compare``.
 
-Bad input of any kind ends in one line on stderr, ``xaiscope: error: ...``, and exit
-code 2; Ctrl-C exits 130. Set ``XAISCOPE_DEBUG=1`` (or pass ``--debug``) to see the
-traceback of unexpected errors.
+Exit codes: 0 success; 2 bad input of any kind (a file, a parameter, a model, a folder
+that cannot be written, not enough memory for what was asked), one line on stderr,
+``xaiscope: error: ...``; 1 only for a bug in xaiscope, one line asking for a report; 130
+on Ctrl-C. Set ``XAISCOPE_DEBUG=1`` (or pass ``--debug``) to see the traceback.
 """
 
 from __future__ import annotations
@@ -138,16 +139,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Python flushes stdout at exit; point it at devnull so that flush cannot fail
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
-    except OSError as exc:
+    except OSError as exc:  # the machine, not xaiscope: a full disk, a permission
         if debug:
             raise
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        return _fail(f"cannot write{where}: {exc.strerror or reason(exc)}", EXIT_FAILURE)
+        return _fail(f"cannot write{where}: {exc.strerror or reason(exc)}", EXIT_USAGE)
+    except MemoryError:
+        if debug:
+            raise
+        return _fail(
+            "not enough memory for this job: use fewer or smaller images, a smaller "
+            "--batch-size, or fewer samples",
+            EXIT_USAGE,
+        )
     except Exception as exc:
         if debug:
             raise
         return _fail(
-            f"unexpected {reason(exc)} (rerun with --debug for the traceback)", EXIT_FAILURE
+            f"internal error, a bug in xaiscope: {reason(exc)}; please report it with the "
+            "traceback that XAISCOPE_DEBUG=1 shows",
+            EXIT_FAILURE,
         )
 
 

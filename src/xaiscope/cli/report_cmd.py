@@ -110,7 +110,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-model",
         action="store_true",
-        help="allow a model file to run code while loading (Keras Lambda/custom layers)",
+        help="allow a model file to run code while loading (TorchScript, Keras Lambda layers)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)

@@ -301,15 +301,16 @@ def _limit(what: str, name: str) -> ExplanationFileError:
 
 
 def _member_count(fp: Any) -> int | None:
-    # zipfile keeps its end-of-directory reader private; without it the count is read from
-    # the parsed directory instead, which is slower to refuse but as safe for small files
+    """The member count the zip's end record declares, read before zipfile parses the
+    directory into objects; None where zipfile no longer has the (private) reader, and the
+    count is then checked after parsing."""
     end_record = getattr(zipfile, "_EndRecData", None)
     if end_record is None:
         return None
     record = end_record(fp)
     if record is None:
         raise ExplanationFileError("not a .npz archive (no zip directory)")
-    return int(record[4])
+    return int(record[getattr(zipfile, "_ECD_ENTRIES_TOTAL", 4)])
 
 
 def _dtype_name(dtype: np.dtype[Any]) -> str:
@@ -563,6 +564,11 @@ def _check_finite(name: str, values: np.ndarray, allowed: set[int], per_image: b
 
 def _load(cls: type[Explanation], path: Path) -> Explanation:
     with open(path, "rb") as fp:
+        # the zip directory is at most the file, and a file np.savez wrote is never much
+        # larger than what it unpacks to
+        size = os.fstat(fp.fileno()).st_size
+        if size > settings_get("max_archive_bytes"):
+            raise _limit(f"the file is {size:,} bytes", "max_archive_bytes")
         count = _member_count(fp)
         if count is not None and count > MAX_MEMBERS:
             raise ExplanationFileError(f"{count:,} members (at most {MAX_MEMBERS:,})")

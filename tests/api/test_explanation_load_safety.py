@@ -185,6 +185,34 @@ def _torch_dtype_name(tmp_path: Path) -> Path:
     return _tampered(tmp_path, "dtype.npz", meta=_meta(meta))
 
 
+def _header_length_bomb(tmp_path: Path) -> Path:
+    # a version 2.0 header may declare 4 GB; numpy would read it all before its own check
+    bomb = b"\x93NUMPY\x02\x00" + (0xFFFFFFFF).to_bytes(4, "little") + b" " * 1000
+    return _tampered(tmp_path, "hbomb.npz", scores=bomb)
+
+
+def _lzma_member(tmp_path: Path) -> Path:
+    members = _members(_genuine().save(tmp_path / "genuine.npz"))
+    path = tmp_path / "lzma.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data, compress_type=zipfile.ZIP_LZMA)
+    return path
+
+
+def _bad_crc(tmp_path: Path) -> Path:
+    members = _members(_genuine().save(tmp_path / "genuine.npz"))
+    path = tmp_path / "crc.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    raw = bytearray(path.read_bytes())
+    start = raw.index(members["scores.npy"])
+    raw[start + len(members["scores.npy"]) - 1] ^= 0xFF  # the last byte of the scores
+    path.write_bytes(bytes(raw))
+    return path
+
+
 HOSTILE: dict[str, tuple[Callable[[Path], Path], str]] = {
     "nested metadata (100000 levels)": (_nested_meta, "nests deeper than 64"),
     "metadata nested 69 levels": (_meta_too_deep_but_parsable, "nests deeper than 64"),
@@ -230,6 +258,9 @@ HOSTILE: dict[str, tuple[Callable[[Path], Path], str]] = {
     "metadata not an object": (_meta_not_object, "not a JSON object"),
     "metadata of wrong types": (_meta_wrong_types, "list of strings"),
     "torch dtype by name": (_torch_dtype_name, "not a torch dtype"),
+    "4 GB header length": (_header_length_bomb, "bad .npy header length 4294967295"),
+    "LZMA member": (_lzma_member, "compression 14"),
+    "bad CRC": (_bad_crc, "Bad CRC-32"),
     "not a zip": (
         lambda p: (p / "junk.npz", (p / "junk.npz").write_bytes(b"PK junk"))[0],
         "cannot read explanation",
@@ -305,6 +336,15 @@ def test_archive_size_is_bounded_before_reading(tmp_path: Path) -> None:
     with xs.config(max_labels=5), pytest.raises(xs.ExplanationFileError, match="max_labels"):
         xs.Explanation.load(path)  # target 7
     assert len(xs.Explanation.load(path)) == 2
+
+
+def test_member_count_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xaiscope import explanation
+
+    path = _genuine().save(tmp_path / "genuine.npz")  # 7 members
+    monkeypatch.setattr(explanation, "MAX_MEMBERS", 6)
+    with pytest.raises(xs.ExplanationFileError, match="7 members"):
+        xs.Explanation.load(path)
 
 
 def test_genuine_file_round_trips(tmp_path: Path) -> None:

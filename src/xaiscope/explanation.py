@@ -402,18 +402,18 @@ def _members(zf: zipfile.ZipFile) -> dict[str, _Member]:
     return out
 
 
-def _json_depth_and_values(value: Any) -> tuple[int, int]:
-    deepest, values = 0, 0
+def _json_depth(value: Any) -> int:
+    """Nesting depth of decoded JSON, without recursion (stops once past the limit)."""
+    deepest = 0
     stack = [(value, 1)]
     while stack:
         v, depth = stack.pop()
-        values += 1
         if isinstance(v, (dict, list)):
             deepest = max(deepest, depth)
             if depth > MAX_JSON_DEPTH:
                 break
             stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
-    return deepest, values
+    return deepest
 
 
 def _read_meta(zf: zipfile.ZipFile, m: _Member) -> dict[str, Any]:
@@ -435,7 +435,7 @@ def _read_meta(zf: zipfile.ZipFile, m: _Member) -> dict[str, Any]:
         ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ExplanationFileError(f"the metadata is not JSON: {_reason(exc)}") from None
-    if _json_depth_and_values(meta)[0] > MAX_JSON_DEPTH:
+    if _json_depth(meta) > MAX_JSON_DEPTH:
         raise ExplanationFileError(f"the metadata nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(meta, dict):
         raise ExplanationFileError("the metadata is not a JSON object")

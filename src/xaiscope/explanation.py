@@ -17,7 +17,7 @@ import torch
 
 from xaiscope.errors import ExplanationFileError
 from xaiscope.settings import get as settings_get
-from xaiscope.settings import limit_hint
+from xaiscope.settings import inflation_ok, limit_hint
 
 Maps = np.ndarray | list[np.ndarray]
 
@@ -386,6 +386,11 @@ def _members(zf: zipfile.ZipFile) -> dict[str, _Member]:
     total = sum(i.file_size for i in infos)
     if total > settings_get("max_archive_bytes"):
         raise _limit(f"the archive unpacks to {total:,} bytes", "max_archive_bytes")
+    stored = sum(i.compress_size for i in infos)
+    if not inflation_ok(total, stored):
+        raise _limit(
+            f"the archive unpacks to {total:,} bytes from {stored:,} stored", "max_inflation"
+        )
     out: dict[str, _Member] = {}
     for info in infos:
         name = info.filename.removesuffix(".npy")

@@ -25,7 +25,7 @@ from typing import Any
 
 from xaiscope.errors import ParameterError
 
-__all__ = ["Limits", "config", "get", "limit_hint", "settings"]
+__all__ = ["Limits", "config", "get", "inflation_ok", "limit_hint", "settings"]
 
 MB = 1 << 20
 
@@ -57,6 +57,10 @@ class Limits:
     #: settings; the tensors are stored beside it). Safe unpickling runs in Python at about
     #: 2 MB/s, so this bounds time as much as memory.
     max_pickle_bytes: int = 8 * MB
+    #: bytes an archive (a ``.keras`` zip, an HDF5 file, a saved explanation) may unpack to
+    #: per byte stored, once it unpacks to more than 64 MiB: model weights compress about
+    #: 1.1 : 1, a compression bomb 1000 : 1, so a 2 MB file cannot claim gigabytes
+    max_inflation: int = 50
     #: size of JSON metadata read from a file (a ``.keras`` config.json, a registry
     #: config.json, a saved explanation's metadata)
     max_metadata_bytes: int = 64 * MB
@@ -113,6 +117,12 @@ def limit_hint(name: str) -> str:
         f"the limit is {name}={get(name):,}; raise it with xs.config({name}=...) "
         f"or the environment variable XAISCOPE_{name.upper()}"
     )
+
+
+def inflation_ok(unpacked: int, stored: int) -> bool:
+    """Whether ``unpacked`` bytes from ``stored`` bytes are within ``max_inflation``
+    (anything up to 64 MiB is fine: small archives of zeros are common)."""
+    return unpacked <= 64 * MB or unpacked <= get("max_inflation") * max(stored, 1)
 
 
 class _Restore:

@@ -387,3 +387,24 @@ def test_nan_map_flagged_at_explain_time_still_loads(tmp_path: Path) -> None:
     e.warnings = []
     with pytest.raises(xs.ExplanationFileError, match="the map of image 1 has NaN"):
         xs.Explanation.load(e.save(tmp_path / "unflagged.npz"))
+
+
+def test_inflation_is_bounded(tmp_path: Path) -> None:
+    """A compressed member of 80 MB of zeros (a small file): refused by the ratio of
+    unpacked to stored bytes, before anything is inflated; allowed when it is raised."""
+    path = _genuine().save(tmp_path / "genuine.npz")
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+        with dst.open("extras/zeros.npy", "w") as member:
+            np.lib.format.write_array(member, np.zeros(20_000_000, np.float32))
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(xs.ExplanationFileError, match="max_inflation"):
+        xs.Explanation.load(bomb)
+    with (
+        xs.config(max_inflation=10**6),
+        pytest.raises(xs.ExplanationFileError, match="zeros") as info,
+    ):
+        xs.Explanation.load(bomb)  # past the ratio: refused as a member the metadata lacks
+    assert "max_inflation" not in str(info.value)

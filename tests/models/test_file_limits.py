@@ -298,3 +298,20 @@ def test_onnx_declared_classes_bounded(tmp_path: Path) -> None:
     _one_line(excinfo.value, "wide.onnx", "300,000", "max_labels", "xs.config(")
     with xs.config(max_labels=300_000):
         assert len(load_onnx(path).labels) == 300_000
+
+
+def test_h5_inflation_bounded_below_the_archive_limit(tmp_path: Path) -> None:
+    """400 MB of never-written arrays in a file of a few KB: under max_archive_bytes, but a
+    2 MB file must not claim gigabytes, so the ratio to the stored size is bounded too."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "inflated.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {}})
+        f.create_dataset("w", shape=(10000, 10000), dtype="f4", chunks=True, compression="gzip")
+    error, peak = _traced(lambda: load_keras_file(path))
+    assert isinstance(error, ModelLoadError)
+    _one_line(error, "inflated.h5", "max_inflation", "xs.config(")
+    assert peak < 4 * MB
+    with xs.config(max_inflation=10**9):  # the ratio allowed: the next check is Keras's own
+        error, _ = _traced(lambda: load_keras_file(path))
+    assert "max_inflation" not in str(error)

@@ -182,7 +182,8 @@ def sniff_model(name: str, data: bytes) -> str:
 
 
 def _zip_kind(data: bytes) -> str:
-    """``keras``, ``torch`` (a ``torch.save`` archive), ``broken`` or ``other``, from the zip's table of contents (nothing in it is run or unpickled)."""
+    """``keras``, ``torch`` (a ``torch.save`` archive), ``broken`` or ``other``, from the
+    zip's table of contents (nothing in it is run or unpickled)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = zf.namelist()

@@ -51,7 +51,7 @@ from xaiscope.errors import (
     XaiscopeError,
 )
 from xaiscope.models.base import GradPass, Model, layer_suggestions
-from xaiscope.settings import get, limit_hint
+from xaiscope.settings import get, inflation_ok, limit_hint
 
 _UNSET: Any = object()
 
@@ -1171,10 +1171,11 @@ def _check_model_file(path: Path) -> None:
             with zipfile.ZipFile(path) as zf:
                 _check_archive(zf, path)
                 if _WEIGHTS_MEMBER in zf.namelist():
+                    stored = zf.getinfo(_WEIGHTS_MEMBER).compress_size
                     with zf.open(_WEIGHTS_MEMBER) as member:
-                        _check_h5(member, f"{path.name}/{_WEIGHTS_MEMBER}")
+                        _check_h5(member, f"{path.name}/{_WEIGHTS_MEMBER}", stored)
         else:
-            _check_h5(path, path.name)
+            _check_h5(path, path.name, path.stat().st_size)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -1190,6 +1191,12 @@ def _check_archive(zf: zipfile.ZipFile, path: Path) -> None:
         raise ModelLoadError(
             f"{path.name} refused: its {len(infos)} archive member(s) inflate to {total:,} "
             f"bytes ({path.stat().st_size:,} stored); {limit_hint('max_archive_bytes')}"
+        )
+    stored = sum(i.compress_size for i in infos)
+    if not inflation_ok(total, stored):
+        raise ModelLoadError(
+            f"{path.name} refused: its archive members inflate to {total:,} bytes from "
+            f"{stored:,} stored; {limit_hint('max_inflation')}"
         )
     for info in infos:
         if info.filename in _ARCHIVE_METADATA and info.file_size > get("max_metadata_bytes"):
@@ -1216,7 +1223,7 @@ def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
     return b"".join(parts)
 
 
-def _check_h5(source: Any, name: str) -> None:
+def _check_h5(source: Any, name: str, stored: int) -> None:
     """The JSON attributes and the arrays of an HDF5 file, sized from its metadata.
 
     Arrays may be stored in compressed chunks, so a small file can declare gigabytes, which
@@ -1246,6 +1253,11 @@ def _check_h5(source: Any, name: str) -> None:
             raise ModelLoadError(
                 f"{name} refused: its arrays declare {total:,} bytes; "
                 f"{limit_hint('max_archive_bytes')}"
+            )
+        if not inflation_ok(total, stored):  # compressed or never-written chunks
+            raise ModelLoadError(
+                f"{name} refused: its arrays declare {total:,} bytes from {stored:,} stored; "
+                f"{limit_hint('max_inflation')}"
             )
 
 

@@ -63,7 +63,7 @@ class Limits:
     max_inflation: int = 50
     #: size of JSON metadata read from a file (a ``.keras`` config.json, a registry
     #: config.json, a saved explanation's metadata)
-    max_metadata_bytes: int = 64 * MB
+    max_metadata_bytes: int = 16 * MB
 
 
 _LOCK = threading.Lock()

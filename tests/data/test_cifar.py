@@ -213,3 +213,53 @@ def test_download_checks_md5_and_reads(
         cifar.download_cifar10(tmp_path / "other", url=server + ".missing", md5=md5)
     assert not isinstance(info.value, xs.OfflineError)  # the server answered: not offline
     assert not list((tmp_path / "other").iterdir())
+
+
+def test_tar_bomb_member_refused_before_reading(tmp_path: Path) -> None:
+    """A member that declares gigabytes (a few KB of gzip) is refused from its header."""
+    import tracemalloc
+
+    path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = 256 << 20
+
+        class Zeros(io.RawIOBase):
+            left = info.size
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buf: Any) -> int:
+                n = min(len(buf), self.left)
+                buf[:n] = bytes(n)
+                self.left -= n
+                return n
+
+        tar.addfile(info, io.BufferedReader(Zeros(), 1 << 20))
+    assert path.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(xs.DatasetError, match="declares 268,435,456 bytes"):
+            xs.datasets.cifar10(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000
+
+
+def test_oversized_batch_file_and_array_shape_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    good, _, _ = _batch(0)
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(good)
+    with open(folder / "data_batch_2", "wb") as fh:  # sparse: no disk used
+        fh.truncate(cifar.MAX_MEMBER_BYTES + 1)
+    with pytest.raises(xs.DatasetError, match="more than a CIFAR-10 batch"):
+        xs.datasets.cifar10(tmp_path)
+    # numpy rebuilds an empty (0,) array, then fills it: ask for 2**30 elements up front
+    plain = pickle.dumps(np.zeros(4, np.uint8), protocol=2)
+    huge = plain.replace(b"K\x00\x85", b"J\x00\x00\x00@\x85")
+    with pytest.raises(xs.DatasetError, match="refused pickle: an array of shape"):
+        safe_unpickle(huge)

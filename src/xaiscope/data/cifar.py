@@ -58,6 +58,9 @@ def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     # numpy's own _reconstruct would accept any ndarray subclass; only plain arrays here
     if subtype is not np.ndarray:
         raise DatasetError("refused pickle: only plain numpy arrays may be rebuilt")
+    if np.prod(np.asarray(shape, dtype=np.float64)) > MAX_MEMBER_BYTES:
+        # numpy pickles rebuild an empty array, then fill it from the pickle's own bytes
+        raise DatasetError(f"refused pickle: an array of shape {shape} is not a CIFAR batch")
     return np.ndarray.__new__(np.ndarray, shape, _safe_dtype(dtype))
 
 
@@ -266,6 +269,11 @@ def _check_reachable(url: str, timeout: float) -> None:
 
 def _read_file(path: Path) -> bytes:
     try:
+        if path.stat().st_size > MAX_MEMBER_BYTES:
+            raise DatasetError(
+                f"cifar10: {path} is {path.stat().st_size:,} bytes, more than a CIFAR-10 "
+                f"batch ({MAX_MEMBER_BYTES:,} at most)"
+            )
         return path.read_bytes()
     except FileNotFoundError:
         if path.name == "batches.meta":
@@ -275,6 +283,12 @@ def _read_file(path: Path) -> bytes:
         raise DatasetError(f"cifar10: cannot read {path}: {exc.strerror or exc}") from None
 
 
+#: A CIFAR-10 batch pickle is 31 MB and the archive holds 8 files: anything far beyond is
+#: not CIFAR-10 (a tar bomb declares gigabytes in a few kilobytes of gzip)
+MAX_MEMBER_BYTES = 64 << 20
+MAX_MEMBERS = 1000
+
+
 def _read_archive(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
     """The named members of the tar.gz, by base name, read in memory (never extracted)."""
     import tarfile
@@ -282,8 +296,18 @@ def _read_archive(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     try:
         with tarfile.open(path, "r:*") as tar:
-            for member in tar:
+            for count, member in enumerate(tar, 1):
+                if count > MAX_MEMBERS:
+                    raise DatasetError(
+                        f"cifar10: {path} holds more than {MAX_MEMBERS} files: not the "
+                        f"CIFAR-10 archive ({ARCHIVE})"
+                    )
                 base = member.name.rsplit("/", 1)[-1]
+                if base in names and member.isfile() and member.size > MAX_MEMBER_BYTES:
+                    raise DatasetError(
+                        f"cifar10: {path}: {member.name} declares {member.size:,} bytes, "
+                        f"more than a CIFAR-10 batch ({MAX_MEMBER_BYTES:,} at most)"
+                    )
                 if base in names and member.isfile():
                     handle = tar.extractfile(member)
                     if handle is not None:

@@ -456,7 +456,7 @@ def test_corrupt_torch_file_is_one_safe_line(
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("xaiscope: error: "), err
-    assert "corrupt.pt" in lines[0] and "not TorchScript" in lines[0]
+    assert "corrupt.pt" in lines[0] and "not a safe state dict" in lines[0]
     # torch's advice to re-run with weights_only=False runs code from an unknown file
     assert "weights_only" not in lines[0] and "Re-running" not in lines[0]
     assert not [w for w in caught if "torch.jit" in str(w.message)], caught

@@ -429,3 +429,20 @@ def test_callable_occlusion_equals_torch(cnn) -> None:
     ours = xs.explain(model, images, method="occlusion", window=4, stride=4, fill=0.0)
     theirs = xs.explain(reference, images, method="occlusion", window=4, stride=4, fill=0.0)
     np.testing.assert_allclose(ours.maps, theirs.maps, atol=1e-5)
+
+
+def test_predict_function_failing_later_is_a_model_run_error() -> None:
+    """A predict function that works on the probe but fails on real batches: one line,
+    ModelRunError (exit 2 from the CLI), the function's own first line only."""
+    calls = {"n": 0}
+
+    def flaky(batch: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise ValueError("bad batch\nsecond line")
+        return np.full((len(batch), 3), 1 / 3)
+
+    model = xs.wrap(flaky, input_size=8)
+    with pytest.raises(xs.ModelRunError, match="predict function failed") as info:
+        xs.explain(model, np.zeros((8, 8, 3), np.uint8), method="occlusion", window=4)
+    assert "\n" not in str(info.value) and "second line" not in str(info.value)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from xaiscope.errors import ModelLoadError, ParameterError, XaiscopeError
+from xaiscope.errors import ModelLoadError, ModelRunError, ParameterError, XaiscopeError
 from xaiscope.models.base import Model
 
 OutputKind = Literal["auto", "probabilities", "logits"]
@@ -147,9 +147,10 @@ class CallableModel(Model):
 
             if is_oom(exc):  # let the caller retry with a smaller batch
                 raise
-            raise XaiscopeError(
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ModelRunError(
                 f"the predict function failed on a uint8 batch of shape {batch.shape}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {first}"
             ) from exc
         return as_score_array(out, batch.shape[0], "the predict function", classes)
 

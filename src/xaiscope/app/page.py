@@ -3,8 +3,9 @@
 Run by ``streamlit run`` (through :func:`xaiscope.app.launch`), never imported by the
 package. Options arrive in environment variables set by the launcher
 (:data:`xaiscope.app.ENV_IMAGES`, :data:`~xaiscope.app.ENV_MAX_UPLOAD_MB`,
-:data:`~xaiscope.app.ENV_MODELS_DIR`). All computing is in :mod:`xaiscope.app.logic`; this
-file only lays out widgets and results. Every error is shown as one line in the page.
+:data:`~xaiscope.app.ENV_MODELS_DIR`). All computing is in :mod:`xaiscope.app.logic`,
+:mod:`~xaiscope.app.models` and :mod:`~xaiscope.app.uploads`; this file only lays out
+widgets and results. Every error is shown as one line in the page.
 """
 
 from __future__ import annotations
@@ -19,6 +20,21 @@ matplotlib.use("Agg")
 import streamlit as st  # noqa: E402
 
 from xaiscope.app import ENV_IMAGES, ENV_MAX_UPLOAD_MB, ENV_MODELS_DIR, logic  # noqa: E402
+from xaiscope.app.models import (  # noqa: E402
+    ACCEPTED_NAMES,
+    ModelChoice,
+    load_model_safely,
+    model_choice_by_name,
+    model_choice_for_upload,
+    registry_choice,
+    registry_models,
+)
+from xaiscope.app.uploads import (  # noqa: E402
+    DEFAULT_MAX_UPLOAD_MB,
+    MODEL_SUFFIXES,
+    SessionFiles,
+    read_image_upload,
+)
 from xaiscope.cli.common import reason  # noqa: E402
 from xaiscope.errors import XaiscopeError  # noqa: E402
 
@@ -35,7 +51,7 @@ PER_ROW = 4
 def _state() -> Any:
     ss = st.session_state
     if "files" not in ss:
-        ss.files = logic.SessionFiles()
+        ss.files = SessionFiles()
     ss.setdefault("job", None)
     ss.setdefault("result", None)
     ss.setdefault("run_error", None)
@@ -44,14 +60,14 @@ def _state() -> Any:
 
 def _max_upload_mb() -> float:
     try:
-        return float(os.environ.get(ENV_MAX_UPLOAD_MB, logic.DEFAULT_MAX_UPLOAD_MB))
+        return float(os.environ.get(ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB))
     except ValueError:
-        return float(logic.DEFAULT_MAX_UPLOAD_MB)
+        return float(DEFAULT_MAX_UPLOAD_MB)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _cached_model(key: str, _choice: logic.ModelChoice) -> Any:
-    return logic.load_model_safely(_choice)
+def _cached_model(key: str, _choice: ModelChoice) -> Any:
+    return load_model_safely(_choice)
 
 
 @st.cache_resource(show_spinner=False)
@@ -62,39 +78,39 @@ def _samples() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- sidebar
-def _model_choice(ss: Any) -> logic.ModelChoice | None:
+def _model_choice(ss: Any) -> ModelChoice | None:
     st.sidebar.header("Model")
     source = st.sidebar.radio("Model source", MODEL_SOURCES, key="model_source")
     if source == MODEL_SOURCES[0]:
-        return logic.ModelChoice("efficientnet_lite0", "efficientnet_lite0", "EfficientNet-Lite0")
+        return ModelChoice("efficientnet_lite0", "efficientnet_lite0", "EfficientNet-Lite0")
     if source == MODEL_SOURCES[1]:
         models_dir = os.environ.get(ENV_MODELS_DIR) or None
-        names = logic.registry_models(models_dir)
+        names = registry_models(models_dir)
         if not names:
             st.sidebar.info("No trained models yet: `xaiscope train` adds them.")
             return None
         name = st.sidebar.selectbox("Trained model", names, key="registry_model")
-        return logic.registry_choice(str(name), models_dir)
+        return registry_choice(str(name), models_dir)
     if source == MODEL_SOURCES[2]:
         text = st.sidebar.text_input(
             "Model name",
             "timm:resnet50",
             key="model_name",
-            help=f"{logic.ACCEPTED_NAMES}; files are uploaded, never named",
+            help=f"{ACCEPTED_NAMES}; files are uploaded, never named",
         )
         pretrained = st.sidebar.checkbox(
             "pretrained weights (downloads, needs internet)", value=False, key="pretrained"
         )
         models_dir = os.environ.get(ENV_MODELS_DIR) or None
-        return logic.model_choice_by_name(text, models_dir, pretrained=pretrained)
+        return model_choice_by_name(text, models_dir, pretrained=pretrained)
     upload = st.sidebar.file_uploader(
         "Model file (.pt xaiscope checkpoint, .keras, .h5, .onnx; not TorchScript)",
-        type=[s.lstrip(".") for s in logic.MODEL_SUFFIXES],
+        type=[s.lstrip(".") for s in MODEL_SUFFIXES],
         key="model_upload",
     )
     if upload is None:
         return None
-    return logic.model_choice_for_upload(ss.files, upload.name, upload.getvalue(), _max_upload_mb())
+    return model_choice_for_upload(ss.files, upload.name, upload.getvalue(), _max_upload_mb())
 
 
 def _images(ss: Any) -> tuple[list[tuple[str, Any]], list[str]]:
@@ -132,9 +148,7 @@ def _images(ss: Any) -> tuple[list[tuple[str, Any]], list[str]]:
     )
     for up in uploads or []:
         try:
-            images.append(
-                (up.name, logic.read_image_upload(up.name, up.getvalue(), _max_upload_mb()))
-            )
+            images.append((up.name, read_image_upload(up.name, up.getvalue(), _max_upload_mb())))
         except XaiscopeError as exc:
             refused.append(str(exc))
     return images, refused

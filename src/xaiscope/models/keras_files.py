@@ -65,18 +65,18 @@ def _check_archive(zf: zipfile.ZipFile, path: Path) -> None:
             f"{path.name} refused: its {len(infos)} archive member(s) inflate to {total:,} "
             f"bytes ({path.stat().st_size:,} stored); {limit_hint('max_archive_bytes')}"
         )
-    stored = sum(i.compress_size for i in infos)
-    if not inflation_ok(total, stored):
-        raise ModelLoadError(
-            f"{path.name} refused: its archive members inflate to {total:,} bytes from "
-            f"{stored:,} stored; {limit_hint('max_inflation')}"
-        )
     for info in infos:
         if info.filename in _ARCHIVE_METADATA and info.file_size > get("max_metadata_bytes"):
             raise ModelLoadError(
                 f"{path.name} refused: its {info.filename} inflates to {info.file_size:,} "
                 f"bytes; {limit_hint('max_metadata_bytes')}"
             )
+    stored = sum(i.compress_size for i in infos)
+    if not inflation_ok(total, stored):
+        raise ModelLoadError(
+            f"{path.name} refused: its archive members inflate to {total:,} bytes from "
+            f"{stored:,} stored; {limit_hint('max_inflation')}"
+        )
 
 
 def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:

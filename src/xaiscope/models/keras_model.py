@@ -135,6 +135,20 @@ def import_keras() -> Any:
     return keras
 
 
+def _require_keras() -> None:
+    """The install hint of :func:`import_keras`, without importing Keras (and TensorFlow)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("keras") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ModelLoadError(
+            "Keras models need keras 3 and a backend: pip install 'xaiscope[keras]'"
+        )
+
+
 def _load_triton_first() -> None:
     """Import triton (torch's GPU compiler) before TensorFlow, if it is installed.
 
@@ -1131,6 +1145,7 @@ def load_keras_file(
     (loading it would mean importing the module the file names). ``trust=True``
     (CLI ``--trust-model``) allows both. Other keywords go to :class:`KerasModel`.
     """
+    _require_keras()  # a missing extra is the first thing to fix, whatever the file
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"model file not found: {p}")

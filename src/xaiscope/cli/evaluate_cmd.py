@@ -19,6 +19,7 @@ import numpy as np
 
 from xaiscope.cli.common import UsageError, check_device, load_model
 from xaiscope.cli.params import ParamArg, coerce, method_params, parse_param_args
+from xaiscope.data.npz import read_arrays
 from xaiscope.errors import MaskError, ParameterError
 from xaiscope.metrics.registry import MetricInfo, all_metrics, get_metric
 
@@ -192,22 +193,22 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
     return Inputs([it.array for it in items], [it.image_id for it in items])
 
 
+def _mask_key(names: list[str]) -> list[str]:
+    return ["masks" if "masks" in names else names[0]] if names else []
+
+
 def read_masks(path: str) -> np.ndarray:
-    """An (N, H, W) mask array from an .npy or .npz file (key ``masks`` or the first array)."""
+    """An (N, H, W) mask array from an .npy or .npz file (key ``masks`` or the first array).
+
+    The file may come from anyone: it is read as data only, its sizes checked before they are
+    allocated (np.load would allocate whatever its header declares)."""
     p = Path(path)
     if not p.is_file():
         raise MaskError(f"--masks {path}: no such file")
-    try:
-        with open(p, "rb") as fh:
-            loaded = np.load(fh, allow_pickle=False)
-            if isinstance(loaded, np.lib.npyio.NpzFile):
-                keys = list(loaded.files)
-                if not keys:
-                    raise MaskError(f"--masks {path}: the .npz holds no array")
-                return np.asarray(loaded["masks" if "masks" in keys else keys[0]])
-            return np.asarray(loaded)
-    except (OSError, ValueError) as exc:
-        raise MaskError(f"--masks {path}: not a readable .npy/.npz array ({exc})") from None
+    arrays = read_arrays(p, what="--masks", error=MaskError, pick=_mask_key)
+    if not arrays:
+        raise MaskError(f"--masks {path}: the .npz holds no array")
+    return next(iter(arrays.values()))
 
 
 def parse_methods(text: str) -> list[str]:

@@ -216,7 +216,7 @@ def _bad_crc(tmp_path: Path) -> Path:
 HOSTILE: dict[str, tuple[Callable[[Path], Path], str]] = {
     "nested metadata (100000 levels)": (_nested_meta, "nests deeper than 64"),
     "metadata nested 69 levels": (_meta_too_deep_but_parsable, "nests deeper than 64"),
-    "metadata zip bomb (100 MB)": (_zip_bomb_meta, "max_metadata_bytes"),
+    "metadata zip bomb (100 MB)": (_zip_bomb_meta, "max_inflation"),
     "header declares 4e15 bytes": (_huge_header, "declares shape (100000, 100000, 100000)"),
     "pickled object maps": (_pickled_maps, "Python objects"),
     "string maps": (lambda p: _maps_like(p, "str.npz", np.full((2, 4, 5), "0.5")), "floats"),
@@ -408,3 +408,12 @@ def test_inflation_is_bounded(tmp_path: Path) -> None:
     ):
         xs.Explanation.load(bomb)  # past the ratio: refused as a member the metadata lacks
     assert "max_inflation" not in str(info.value)
+
+
+def test_metadata_bomb_past_the_inflation_limit_meets_the_metadata_limit(tmp_path: Path) -> None:
+    path = _zip_bomb_meta(tmp_path)
+    with (
+        xs.config(max_inflation=10**6),
+        pytest.raises(xs.ExplanationFileError, match="max_metadata_bytes"),
+    ):
+        xs.Explanation.load(path)

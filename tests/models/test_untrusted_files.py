@@ -276,3 +276,42 @@ def test_registry_deeply_nested_config_is_unreadable_not_a_crash(tmp_path: Path)
         xs.load_model("net", models_dir=tmp_path / "models")
     [entry] = registry_store.list_entries(tmp_path / "models")
     assert entry.error and "\n" not in entry.describe()
+
+
+def test_weights_that_repeat_their_storage_are_refused_before_building(tmp_path: Path) -> None:
+    """A stride-0 view (``expand``) saves one value for a whole tensor: a file of a few KB
+    would make the real module allocate every weight it claims."""
+    model = xs.load_model("timm:resnet18", num_classes=3)
+    state = {
+        k: torch.zeros((), dtype=v.dtype).expand(*v.shape) if v.dim() else v
+        for k, v in model.module.state_dict().items()
+    }
+    path = tmp_path / "implied.pth"
+    torch.save(
+        {"xaiscope_arch": "timm:resnet18", "state_dict": state, "labels": ["a", "b", "c"]}, path
+    )
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(xs.ModelLoadError, match="stores fewer"):
+            xs.load_model(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000, peak
+
+
+def test_weights_sharing_one_storage_are_bounded_by_the_file(tmp_path: Path) -> None:
+    from xaiscope.models.file_checks import check_stored
+
+    big = torch.zeros(20_000_000)  # 80 MB, stored once
+    state = {f"w{i}": big for i in range(10)}  # 800 MB of weights claimed
+    with pytest.raises(xs.ModelLoadError, match="max_inflation"):
+        check_stored(state, 80_000_000 // 50, "f")  # a file 50x smaller than one copy
+    check_stored(state, 80_000_000, "f")  # 10 views of what the file holds: within 50x
+
+
+def test_megabyte_labels_refused(tmp_path: Path) -> None:
+    path = _checkpoint(tmp_path, labels=["a" * 1001, "b", "c"])
+    with pytest.raises(xs.ModelLoadError, match="1,001 characters"):
+        xs.load_model(path)

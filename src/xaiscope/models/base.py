@@ -194,23 +194,30 @@ class Model(abc.ABC):
         )
 
 
-def images_to_tensor(images: ImageInput) -> list[torch.Tensor]:
-    """Turn user images into a list of (3, H, W) float tensors in [0, 1]."""
-    from xaiscope.data.images import load_image
-
+def _image_list(images: ImageInput) -> list[Any]:
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
     if isinstance(images, np.ndarray) and images.ndim == 4:
-        batch = [images[i] for i in range(images.shape[0])]
-    elif isinstance(images, (list, tuple)):
-        batch = list(images)
-    else:
-        batch = [images]
-    out = []
-    for img in batch:
-        arr = load_image(img)
-        out.append(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255.0)
-    return out
+        return [images[i] for i in range(images.shape[0])]
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images]
+
+
+def _to_float01(img: Any) -> torch.Tensor:
+    """One image as a (3, H, W) float32 tensor in [0, 1], made in place: a 50-megapixel
+    photo costs its float copy once, not twice."""
+    from xaiscope.data.images import load_image
+
+    u8 = torch.from_numpy(np.ascontiguousarray(load_image(img))).permute(2, 0, 1)
+    out = torch.empty(u8.shape, dtype=torch.float32)
+    out.copy_(u8)
+    return out.div_(255.0)
+
+
+def images_to_tensor(images: ImageInput) -> list[torch.Tensor]:
+    """Turn user images into a list of (3, H, W) float tensors in [0, 1]."""
+    return [_to_float01(img) for img in _image_list(images)]
 
 
 def resize_images(
@@ -218,17 +225,18 @@ def resize_images(
 ) -> torch.Tensor:
     """User images as one (N, 3, H, W) batch in [0, 1] at ``size`` on ``device``.
 
-    Bilinear antialiased resize of the whole image; images already at ``size`` are kept as is.
+    Bilinear antialiased resize of the whole image; images already at ``size`` are kept as
+    is. Images are converted one at a time, so only one is ever held at full size in float.
     """
-    resized = [
-        F.interpolate(
-            t[None].to(device), size=size, mode="bilinear", antialias=True, align_corners=False
-        )
-        if tuple(t.shape[1:]) != tuple(size)
-        else t[None].to(device)
-        for t in images_to_tensor(images)
-    ]
-    return torch.cat(resized).clamp_(0, 1)
+    resized = []
+    for img in _image_list(images):
+        t = _to_float01(img)
+        if tuple(t.shape[1:]) != tuple(size):
+            t = F.interpolate(
+                t[None].to(device), size=size, mode="bilinear", antialias=True, align_corners=False
+            )[0]
+        resized.append(t.to(device))
+    return torch.stack(resized).clamp_(0, 1)
 
 
 def layer_suggestions(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 from xaiscope.errors import ModelLoadError, UnsafeModelError
-from xaiscope.settings import get, limit_hint
+from xaiscope.settings import get, inflation_ok, limit_hint
 
 __all__ = [
     "ZOO_PREFIXES",
     "build_fitting",
+    "check_stored",
     "check_pickle_size",
     "check_input_size",
     "check_labels",
@@ -34,6 +35,8 @@ __all__ = [
     "torch_load_reason",
 ]
 
+#: Longest class name a model file may declare (ImageNet's longest is 121 characters)
+MAX_LABEL_CHARS = 1000
 #: Architecture specs a checkpoint may name: built from code in installed packages, never
 #: from another file (a path there could be TorchScript, or the checkpoint itself).
 ZOO_PREFIXES = ("timm:", "torchvision:")
@@ -128,7 +131,14 @@ def check_labels(labels: Any, where: str) -> list[str]:
         )
     if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in labels):
         raise ModelLoadError(f"{where}: labels must be strings")
-    return [str(x) for x in labels]
+    out = [str(x) for x in labels]
+    longest = max((len(x) for x in out), default=0)
+    if longest > MAX_LABEL_CHARS:
+        # every table, title and legend shows labels: megabyte labels stall them for minutes
+        raise ModelLoadError(
+            f"{where}: a label has {longest:,} characters (at most {MAX_LABEL_CHARS})"
+        )
+    return out
 
 
 def check_input_size(size: Any, where: str) -> tuple[int, int]:
@@ -162,15 +172,46 @@ def check_normalisation(values: Any, where: str, what: str) -> list[float]:
     return out
 
 
-def build_fitting(
-    build: Callable[[], nn.Module], state: Mapping[str, torch.Tensor], where: str
-) -> nn.Module:
-    """Build a module for ``state`` (a state dict) only once it is known to fit.
+def check_stored(state: Mapping[str, torch.Tensor], stored_bytes: int, where: str) -> None:
+    """Refuse weights that claim more values than the file stores.
 
-    The module is first built on the ``meta`` device, which allocates nothing: a file that
-    declares a huge head (millions of labels) or a huge option (a width of 10**9) is refused
-    because its weights do not match, before any real memory is spent on it.
+    A saved tensor may be a view that repeats its storage (``expand`` gives stride 0) or
+    many tensors may share one storage: a 52 KB file can then describe gigabytes of weights,
+    which the real module allocates when they are copied in. Each tensor must be backed by
+    its own values, and all of them together may not exceed ``max_inflation`` times the
+    file's size (beyond 64 MiB).
     """
+    total = 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if nbytes > t.untyped_storage().nbytes():
+            raise ModelLoadError(
+                f"{where}: weight {name[:80]!r} declares {t.numel():,} values but the file "
+                "stores fewer (a repeated view): not a checkpoint of real weights"
+            )
+        total += nbytes
+    if not inflation_ok(total, stored_bytes):
+        raise ModelLoadError(
+            f"{where}: its weights unpack to {total:,} bytes from a file of {stored_bytes:,} "
+            f"bytes; {limit_hint('max_inflation')}"
+        )
+
+
+def build_fitting(
+    build: Callable[[], nn.Module],
+    state: Mapping[str, torch.Tensor],
+    where: str,
+    stored_bytes: int,
+) -> nn.Module:
+    """Build a module for ``state`` (a state dict read from a file of ``stored_bytes``) only
+    once it is known to fit.
+
+    The weights must be stored, not implied (:func:`check_stored`), and the module is first
+    built on the ``meta`` device, which allocates nothing: a file that declares a huge head
+    (millions of labels) or a huge option (a width of 10**9) is refused because its weights
+    do not match, before any real memory is spent on it.
+    """
+    check_stored(state, stored_bytes, where)
     with torch.device("meta"):
         probe = build()
     expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}

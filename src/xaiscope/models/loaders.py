@@ -486,7 +486,9 @@ def _from_checkpoint(
     mean = check_normalisation(ckpt.get("mean", IMAGENET_MEAN), where, "mean")
     std = check_normalisation(ckpt.get("std", IMAGENET_STD), where, "std")
     num_classes = len(labels) or None
-    module = build_fitting(lambda: _zoo_module(arch, num_classes), state, where)
+    module = build_fitting(
+        lambda: _zoo_module(arch, num_classes), state, where, path.stat().st_size
+    )
     return TorchModel(
         module,
         labels=labels or None,

@@ -332,7 +332,10 @@ def load_entry(
         raise ModelLoadError(f"{where}: needs at least 2 labels, has {len(labels)}")
     try:
         module = build_fitting(
-            lambda: build_arch(arch, len(labels), size, **arch_kwargs), state, where
+            lambda: build_arch(arch, len(labels), size, **arch_kwargs),
+            state,
+            where,
+            weights.stat().st_size,
         )
     except ParameterError as exc:  # an architecture option out of range
         raise ModelLoadError(f"{where}: {exc}") from None

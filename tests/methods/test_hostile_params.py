@@ -474,3 +474,40 @@ def test_a_1x1_layer_is_flagged(method: str) -> None:
     for i in range(2):
         notes = [w for w in exp.warnings if w.startswith(f"image {i}:") and "1x1" in w]
         assert notes and "constant" in notes[0]
+
+
+@pytest.mark.parametrize(
+    ("method", "param", "too_big", "largest"),
+    [
+        ("lime", "n_segments", 10**12, 10_000),  # a grid of 10**12 cells looped for hours
+        ("kernelshap", "n_segments", 10**9, 10_000),
+        ("rise", "grid", 10**9, 1024),  # a 10**9 x 10**9 mask grid
+        ("smoothgrad", "stdev", 1e308, 1e6),  # overflows float32 noise
+        ("smoothgrad", "noise_level", 1e308, 1e6),
+        ("vargrad", "stdev", 1e308, 1e6),
+    ],
+)
+def test_sizes_that_allocate_or_overflow_have_an_upper_bound(
+    method: str, param: str, too_big: float, largest: float
+) -> None:
+    info = get_method(method)
+    start = time.perf_counter()
+    with pytest.raises(ParameterError, match=f"{param}="):
+        info.check_params({param: too_big})
+    assert time.perf_counter() - start < 1
+    info.check_params({param: largest})  # the bound itself is allowed
+    with pytest.raises(ParameterError):
+        info.check_params({param: type(largest)(largest * 2)})
+
+
+def test_kernelshap_huge_lasso_alpha_keeps_stderr_clean() -> None:
+    import warnings
+
+    model = identity_wrap(SmallCNN(), 16)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        exp = xs.explain(
+            model, rand_images(1, 16), method="kernelshap", n_samples=10, l1_reg=1e308, seed=0
+        )
+    assert exp.extras["selected"].tolist() == [0]  # nothing kept: sklearn's warning is not ours
+    assert not [w for w in seen if "Convergence" in type(w.message).__name__], seen

@@ -29,6 +29,9 @@ from xaiscope.methods._perturb import ImageGroups, fill_image, image_groups, sco
 from xaiscope.methods.registry import MethodContext
 
 SEGMENTATIONS = ("slic", "quickshift", "grid")
+#: Most superpixels asked of LIME / KernelSHAP: a model input of 224 x 224 split finer than
+#: this gives regions of a few pixels, and every sample carries one value per superpixel
+MAX_SEGMENTS = 10_000
 
 Segmentation = str | np.ndarray | torch.Tensor | Callable[[np.ndarray], np.ndarray]
 

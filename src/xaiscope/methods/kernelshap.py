@@ -54,6 +54,7 @@ from xaiscope import settings
 from xaiscope._keywords import Rule
 from xaiscope.errors import ParameterError
 from xaiscope.methods._segmentation import (
+    MAX_SEGMENTS,
     Segmentation,
     degenerate_warnings,
     expand_values,
@@ -252,7 +253,15 @@ def l1_select(
         fit = make_pipeline(StandardScaler(with_mean=False), LassoLarsIC(criterion=crit))
         keep = np.flatnonzero(fit.fit(xa, ya)[1].coef_)
     else:
-        keep = np.flatnonzero(Lasso(alpha=param).fit(xa, ya).coef_)
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            # an alpha so large that every coefficient is 0 "does not converge": the empty
+            # selection that follows is already flagged, and stderr stays one line per issue
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            keep = np.flatnonzero(Lasso(alpha=param).fit(xa, ya).coef_)
     return np.sort(keep)
 
 
@@ -265,7 +274,7 @@ def l1_select(
     needs_gradients=False,
     stochastic=True,
     rules={
-        "n_segments": Rule(low=1, integer=True),
+        "n_segments": Rule(low=1, high=MAX_SEGMENTS, integer=True),
         "exact_limit": Rule(low=0, high=MAX_EXACT, integer=True),
     },
 )

@@ -32,6 +32,7 @@ import torch
 from xaiscope._keywords import Rule, count
 from xaiscope.errors import ParameterError
 from xaiscope.methods._segmentation import (
+    MAX_SEGMENTS,
     Segmentation,
     degenerate_warnings,
     expand_values,
@@ -90,7 +91,7 @@ def weighted_ridge(
     rules={
         # the image itself is the first sample: a fit needs at least one more
         "n_samples": count(2),
-        "n_segments": Rule(low=1, integer=True),
+        "n_segments": Rule(low=1, high=MAX_SEGMENTS, integer=True),
         "kernel_width": Rule(low=0, open_low=True),
         "alpha": Rule(low=0),
     },

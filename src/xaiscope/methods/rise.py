@@ -80,7 +80,9 @@ def rise_masks(
     needs_gradients=False,
     stochastic=True,
     rules={
-        "grid": Rule(low=1, integer=True),
+        # the mask grid is grid x grid cells, upsampled to the input: finer than 1024 is
+        # finer than any model input's pixels
+        "grid": Rule(low=1, high=1024, integer=True),
         "cell": Rule(low=1, integer=True, none_ok=True),
         "p": Rule(low=0, high=1, open_low=True),
     },

@@ -30,8 +30,9 @@ from xaiscope.methods.registry import MethodContext, MethodOutput, register
 #: noise_level is a fraction of each image's range (0: plain saliency); stdev, in input
 #: units, replaces it when given and must be positive
 NOISE_RULES = {
-    "noise_level": Rule(low=0),
-    "stdev": Rule(low=0, open_low=True, none_ok=True),
+    # beyond 1e6 times the input's range (or units) the noise overflows float32 arithmetic
+    "noise_level": Rule(low=0, high=1e6),
+    "stdev": Rule(low=0, high=1e6, open_low=True, none_ok=True),
 }
 
 

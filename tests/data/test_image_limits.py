@@ -227,3 +227,25 @@ def test_cli_explain_bomb_exits_2_with_one_line(
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert len(lines) == 1, captured.err
     assert "bomb.png" in lines[0] and "max_image_pixels" in lines[0]
+
+
+def test_ico_whose_entry_hides_a_bigger_png_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ICO directory says 256x256, the PNG inside is 3000x3000: refused as lying, with
+    Pillow's warning turned into the error instead of printed as extra stderr lines."""
+    import struct
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (3000, 3000)).save(buf, "PNG")
+    png = buf.getvalue()
+    path = tmp_path / "x.ico"
+    header = struct.pack("<HHH", 0, 1, 1) + struct.pack(
+        "<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 22
+    )
+    path.write_bytes(header + png)
+    with pytest.raises(xs.ImageLoadError, match="not the expected size"):
+        xs.load_image(path)
+    code = main([str(path), "--method", "gradcam", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("xaiscope: error: "), err

@@ -201,6 +201,11 @@ def _decode_guarded(
     """Open, check, fully decode and normalise one image, mapping every failure to
     ImageLoadError. ``owned``: we opened it, so we may change and must close it."""
     with warnings.catch_warnings():
+        # Pillow's remarks on odd files (corrupt EXIF, palette transparency) would add lines
+        # to the one-line contract; what matters is raised below
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        # an ICO whose entry holds a bigger PNG than its directory says: its header lied
+        warnings.filterwarnings("error", message="Image was not the expected size")
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a bomb must not load.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

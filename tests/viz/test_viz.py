@@ -203,3 +203,26 @@ def test_save_figure_closes_pyplot_figures(tmp_path: Path) -> None:
     viz.save_figure(fig, tmp_path / "plt.png")
     assert num not in plt.get_fignums()
     _assert_png(tmp_path / "plt.png")
+
+
+def test_figures_draw_large_images_at_display_size() -> None:
+    """A 50-megapixel photo drawn at full size costs gigabytes in matplotlib's buffers:
+    figures downsample image and map to DISPLAY_MAX pixels on the long side (antialiased),
+    and leave smaller images untouched."""
+    from xaiscope.viz.colors import DISPLAY_MAX, display_image, display_map
+
+    img = np.zeros((3000, 4500, 3), np.uint8)
+    img[:, 2250:] = 255
+    heat = np.tile(np.linspace(0, 1, 4500, dtype=np.float32), (3000, 1))
+    fig = viz.panel(img, heat)
+    for ax in fig.axes[:3]:
+        shown = ax.images[0].get_array()
+        assert shown.shape[:2] == (1365, DISPLAY_MAX)
+    small = display_image(img[:300, :450])
+    assert small.shape == (300, 450, 3) and np.array_equal(small, img[:300, :450])
+    assert display_map(heat[:10, :20]).shape == (10, 20)
+    # the right half stays white and the map keeps its left-to-right ramp after downsampling
+    shown = display_image(img)
+    assert shown[:, -10:].min() == 255 and shown[:, :10].max() == 0
+    ramp = display_map(heat)[0]
+    assert np.all(np.diff(ramp) >= -1e-6) and ramp[0] < 0.01 and ramp[-1] > 0.99

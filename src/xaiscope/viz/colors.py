@@ -151,6 +151,34 @@ def as_image(image: Any) -> np.ndarray:
     return load_image(image)
 
 
+#: Figures show an image with at most this many pixels on its long side. A 50-megapixel
+#: photo drawn at full size costs gigabytes in matplotlib's RGBA buffers and looks the same.
+DISPLAY_MAX = 2048
+
+
+def display_image(image: Any) -> np.ndarray:
+    """:func:`as_image`, downsampled (antialiased) to at most :data:`DISPLAY_MAX` pixels on
+    the long side for figures; maps drawn over it are resized to its size."""
+    img = as_image(image)
+    h, w = img.shape[:2]
+    scale = DISPLAY_MAX / max(h, w)
+    if scale >= 1:
+        return img
+    from PIL import Image
+
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR))
+
+
+def display_map(map: np.ndarray) -> np.ndarray:
+    """An (h, w) map downsampled like :func:`display_image` when it is larger."""
+    h, w = map.shape[:2]
+    scale = DISPLAY_MAX / max(h, w)
+    if scale >= 1:
+        return map
+    return resize_map(map, (max(1, round(h * scale)), max(1, round(w * scale))))
+
+
 def resize_map(map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of an (h, w) float map to ``size`` = (H, W); a no-op when equal."""
     if tuple(map.shape) == tuple(size):

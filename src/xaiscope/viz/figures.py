@@ -19,7 +19,8 @@ from xaiscope.errors import ParameterError
 from xaiscope.viz.colors import (
     CmapLike,
     as_2d,
-    as_image,
+    display_image,
+    display_map,
     heatmap,
     is_signed,
     overlay,
@@ -115,7 +116,7 @@ def panel(
     ``signed=None`` picks green/red colouring when the map has both signs (IG, gradient x
     input) and ``cmap`` otherwise. The map is resized to the image when sizes differ.
     """
-    img = as_image(image)
+    img = display_image(image)
     m = resize_map(as_2d(map), img.shape[:2])
     use_signed = is_signed(m) if signed is None else bool(signed)
     fig, axes = _grid(3, img.shape[0] / img.shape[1], title)
@@ -190,7 +191,7 @@ def side_by_side(
         picks = list(range(count))
     rows: list[tuple[np.ndarray, list[tuple[str, np.ndarray]]]] = []
     for i in picks:
-        img = as_image(_pick_image(image, i))
+        img = display_image(_pick_image(image, i))
         columns: list[tuple[str, np.ndarray]] = []
         if isinstance(maps, Mapping):
             columns = [(str(name), as_2d(m)) for name, m in maps.items()]
@@ -258,12 +259,12 @@ def plot_explanation(
         owner = axes[0].figure
         fig = owner if isinstance(owner, Figure) else owner.figure  # a SubFigure's root
     for i in range(n):
-        m = as_2d(explanation.map(i))
+        m = display_map(as_2d(explanation.map(i)))
         sgn = is_signed(m)
         if images is None:
             rgb = _colour(m, cmap, sgn)
         else:
-            rgb = overlay(as_image(_pick_image(images, i)), m, alpha, cmap, signed=sgn)
+            rgb = overlay(display_image(_pick_image(images, i)), m, alpha, cmap, signed=sgn)
         _show(axes[i], rgb, _explanation_title(explanation, i).replace("\n", ": "))
     return fig
 

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,18 +70,18 @@ ORDERS = [
 ]
 
 
-def _run(order: tuple[str, ...], extra: str = "", **env: str) -> subprocess.CompletedProcess:
+def _start(order: tuple[str, ...], extra: str = "", **env: str) -> subprocess.Popen[str]:
     code = SCRIPT.format(order=list(order), extra=textwrap.dedent(extra))
     # Without XAISCOPE_DEEPBIND from the caller: an opt-out there would switch off what is tested.
     inherited = {k: v for k, v in os.environ.items() if k != "XAISCOPE_DEEPBIND"}
     proc_env = {**inherited, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", **env}
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-c", code],
         cwd=REPO,
         env=proc_env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
 
 
@@ -91,22 +92,47 @@ def _check(proc: subprocess.CompletedProcess) -> None:
     assert "IMPORT-ORDER-OK []" in proc.stdout, proc.stdout[-2000:]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("order", ORDERS, ids=lambda order: "-".join(order))
-def test_import_order_then_gradcam(order: tuple[str, ...]) -> None:
-    pytest.importorskip("tensorflow")
-    if "keras" in order:
-        pytest.importorskip("keras")
-    extra = KERAS_MODEL if order[0] == "keras" else ""
-    _check(_run(order, extra))
+def _extra(order: tuple[str, ...]) -> str:
+    return KERAS_MODEL if order[0] == "keras" else ""
 
 
-@pytest.mark.slow
-def test_tensorflow_first_then_timm_model() -> None:
-    """import tensorflow as tf first (as Keras users write it), then a timm model and Keras."""
+TF_FIRST_THEN_MODELS = ("tensorflow", "xaiscope")
+
+
+@pytest.fixture(scope="module")
+def started() -> Iterator[dict[tuple[str, ...], subprocess.Popen[str]]]:
+    """Every order's interpreter, started at once: each spends most of its time importing
+    TensorFlow on one core, so running them side by side halves the wait on two cores."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("keras")
-    _check(_run(("tensorflow", "xaiscope"), TIMM_MODEL + KERAS_MODEL))
+    procs = {order: _start(order, _extra(order)) for order in ORDERS}
+    procs[TF_FIRST_THEN_MODELS] = _start(TF_FIRST_THEN_MODELS, TIMM_MODEL + KERAS_MODEL)
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _finished(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=900)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ORDERS, ids=lambda order: "-".join(order))
+def test_import_order_then_gradcam(
+    started: dict[tuple[str, ...], subprocess.Popen[str]], order: tuple[str, ...]
+) -> None:
+    _check(_finished(started[order]))
+
+
+@pytest.mark.slow
+def test_tensorflow_first_then_timm_model(
+    started: dict[tuple[str, ...], subprocess.Popen[str]],
+) -> None:
+    """import tensorflow as tf first (as Keras users write it), then a timm model and Keras."""
+    _check(_finished(started[TF_FIRST_THEN_MODELS]))
 
 
 # ---- the finder itself, in this process ----------------------------------------------------

@@ -24,7 +24,6 @@ import numpy as np
 
 # re-exported (``X as X``): callers and tests use logic.X for names that moved out
 from xaiscope.app.models import ACCEPTED_NAMES as ACCEPTED_NAMES
-from xaiscope.app.models import CHECKPOINT_ARCH_PREFIXES as CHECKPOINT_ARCH_PREFIXES
 from xaiscope.app.models import NOT_A_MODEL_NAME as NOT_A_MODEL_NAME
 from xaiscope.app.models import ZOO_PREFIXES as ZOO_PREFIXES
 from xaiscope.app.models import ModelChoice as ModelChoice

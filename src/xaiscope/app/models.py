@@ -37,7 +37,6 @@ NOT_A_MODEL_NAME = (
 )
 #: Model-zoo prefixes the "by name" field accepts, and those a checkpoint may build on.
 ZOO_PREFIXES = ("timm:", "torchvision:", "keras:")
-CHECKPOINT_ARCH_PREFIXES = ("timm:", "torchvision:")
 # a zoo model name: no path separator and no further scheme (timm reads "hf-hub:" and
 # "local-dir:" names, which fetch or read files)
 _ZOO_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
@@ -155,13 +154,8 @@ def _load_registry_entry(choice: ModelChoice) -> Any:
 
 
 def _check_upload(choice: ModelChoice) -> None:
-    """Refuse what an uploaded file may not do even in safe mode: be TorchScript (sniffed
-    at upload; checked again here on the stored file), or name an architecture that is
-    not a model-zoo spec (a path there would load a file of the server)."""
-    import warnings
-
-    import torch
-
+    """Refuse TorchScript even in safe mode (sniffed at upload; checked again here on the
+    stored file)."""
     from xaiscope.errors import UnsafeModelError
 
     path = Path(choice.spec)
@@ -169,29 +163,8 @@ def _check_upload(choice: ModelChoice) -> None:
         return
     if is_torchscript(path):
         raise UnsafeModelError(f"{choice.label}: {TORCHSCRIPT_REFUSED}")
-    ckpt = None
-    # mmap keeps the tensors on disk (only the dict around them is read); files in the
-    # legacy format cannot be mapped and are read whole
-    for mmap in (True, False):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            break
-        except Exception:  # the loader reports an unreadable file in its words
-            continue
-    if isinstance(ckpt, dict) and "xaiscope_arch" in ckpt:
-        arch = ckpt["xaiscope_arch"]
-        ok = isinstance(arch, str) and any(
-            arch.startswith(p) and _ZOO_NAME.match(arch[len(p) :]) is not None
-            for p in CHECKPOINT_ARCH_PREFIXES
-        )
-        if not ok:
-            raise UnsafeModelError(
-                f"{choice.label}: the checkpoint's xaiscope_arch is not a timm:NAME or "
-                "torchvision:NAME model; the app builds checkpoints on model-zoo "
-                "architectures only"
-            )
+    # an architecture that is not a model-zoo spec is refused by the loader itself
+    # (file_checks.check_zoo_arch), after the size checks that come before unpickling
 
 
 def _strip_path(message: str, choice: ModelChoice) -> str:

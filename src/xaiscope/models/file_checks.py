@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "build_fitting",
     "check_stored",
     "check_pickle_size",
+    "check_zoo_arch",
     "check_input_size",
     "check_labels",
     "check_normalisation",
@@ -40,6 +42,26 @@ MAX_LABEL_CHARS = 1000
 #: Architecture specs a checkpoint may name: built from code in installed packages, never
 #: from another file (a path there could be TorchScript, or the checkpoint itself).
 ZOO_PREFIXES = ("timm:", "torchvision:")
+# a zoo model name: no path separator and no further scheme (timm reads "hf-hub:" and
+# "local-dir:" names, which download or read files)
+_ZOO_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+
+
+def check_zoo_arch(arch: Any, where: str) -> str:
+    """A checkpoint's architecture: ``timm:NAME`` or ``torchvision:NAME`` with a plain name.
+
+    Never a path (it could be TorchScript, or the checkpoint itself: endless recursion), a
+    registry entry, or a timm scheme that fetches or reads files.
+    """
+    ok = isinstance(arch, str) and any(
+        arch.startswith(p) and _ZOO_NAME.match(arch[len(p) :]) is not None for p in ZOO_PREFIXES
+    )
+    if not ok:
+        raise UnsafeModelError(
+            f"{where}: its xaiscope_arch is not a timm:NAME or torchvision:NAME model; a "
+            "checkpoint may name only a model-zoo architecture, never a file"
+        )
+    return str(arch)
 
 
 def _archive_names(data: bytes | Path) -> list[str]:

@@ -17,12 +17,12 @@ from xaiscope.errors import ModelLoadError, OfflineError
 from xaiscope.models import registry_store
 from xaiscope.models.base import Model
 from xaiscope.models.file_checks import (
-    ZOO_PREFIXES,
     build_fitting,
     check_input_size,
     check_labels,
     check_normalisation,
     check_pickle_size,
+    check_zoo_arch,
     is_torchscript,
     refuse_torchscript,
     torch_load_reason,
@@ -469,13 +469,7 @@ def _from_checkpoint(
     ckpt: dict[str, Any], path: Path, *, device: str | torch.device | None
 ) -> TorchModel:
     where = str(path)
-    arch = ckpt["xaiscope_arch"]
-    if not isinstance(arch, str) or not arch.startswith(ZOO_PREFIXES) or len(arch) > 200:
-        # a path here could be TorchScript (code) or this very checkpoint (endless recursion)
-        raise ModelLoadError(
-            f"{where}: the architecture must be a timm:NAME or torchvision:NAME spec, "
-            f"got {str(arch)[:80]!r}"
-        )
+    arch = check_zoo_arch(ckpt["xaiscope_arch"], where)
     labels = check_labels(ckpt.get("labels") or [], where)
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not all(

@@ -21,20 +21,9 @@ import pytest
 import torch
 
 import xaiscope as xs
+from tests.hostile import MB, Canary
 from xaiscope.cli.main import main
 from xaiscope.explanation import MAX_JSON_DEPTH
-
-MB = 1 << 20
-
-
-class _Canary:
-    """Unpickling this object creates the file at ``path``: proof that a pickle ran."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (str(self.path), "w"))
 
 
 def _header(shape: tuple[int, ...], dtype: Any) -> bytes:
@@ -131,7 +120,7 @@ def _pickled_maps(tmp_path: Path) -> Path:
     canary = tmp_path / "canary.txt"
     objects = np.empty((2, 4, 5), dtype=object)
     objects[...] = 0.0
-    objects[0, 0, 0] = _Canary(canary)
+    objects[0, 0, 0] = Canary(canary)
     return _tampered(tmp_path, "pickle.npz", maps=_npy(objects, allow_pickle=True))
 
 

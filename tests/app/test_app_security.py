@@ -14,46 +14,12 @@ import pytest
 import torch
 
 import xaiscope as xs
+from tests.hostile import CLEAN, evil_torchscript
 from xaiscope.app import ENV_MODELS_DIR, logic
 from xaiscope.app.logic import UploadError
 from xaiscope.errors import ModelLoadError, XaiscopeError
 from xaiscope.models import registry_store
 from xaiscope.train import build_arch
-
-CLEAN = b"\x00\x00\x00\x00"
-
-
-class Evil(torch.nn.Module):
-    """Loading this module's TorchScript writes b"AAAA" into the file at ``path``."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, bool]:
-        return (self.path, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool]) -> None:
-        self.path = state[0]
-        t = torch.from_file(self.path, shared=True, size=4, dtype=torch.uint8)
-        # reading the bytes back keeps TorchScript from dropping the write as dead code
-        self.training = bool(t.fill_(65).sum() > 0) and state[1]
-
-
-def evil_torchscript(canary: Path) -> bytes:
-    """A TorchScript file that overwrites ``canary`` when loaded; ``canary`` starts clean."""
-    canary.write_bytes(CLEAN)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch >= 2.9 deprecates torch.jit
-        torch.jit.save(torch.jit.script(Evil(str(canary))), buf)
-    assert canary.read_bytes() == CLEAN  # saving runs nothing
-    return buf.getvalue()
 
 
 def legacy_polyglot(torchscript: bytes) -> bytes:

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from PIL import Image
 
 import xaiscope as xs
+from tests.hostile import MB, one_line, traced
 from xaiscope.app.logic import read_image_upload
 from xaiscope.cli import main
 from xaiscope.data import load_image
@@ -29,29 +29,6 @@ from xaiscope.data.folder import image_folder
 from xaiscope.errors import DatasetError, ImageLoadError, ParameterError
 
 ROOT = Path(__file__).resolve().parents[2]
-MB = 1 << 20
-
-
-def _one_line(exc: BaseException, *names: str) -> str:
-    message = str(exc)
-    assert "\n" not in message and "\r" not in message, message
-    for name in names:
-        assert name in message, message
-    return message
-
-
-def _numpy_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
-    """``fn()``'s result (or exception) and the peak of memory traced while it ran."""
-    tracemalloc.start()
-    try:
-        try:
-            result: Any = fn()
-        except Exception as exc:
-            result = exc
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return result, peak
 
 
 def _png16(path: Path, width: int, height: int, value: int = 40000) -> Path:
@@ -71,9 +48,9 @@ def big16(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_16bit_9000_refused_from_the_header(big16: Path) -> None:
     assert xs.config()["max_image_pixels"] == 50_000_000
     for source in (big16, big16.read_bytes(), io.BytesIO(big16.read_bytes())):
-        error, peak = _numpy_peak(lambda s=source: load_image(s))
+        error, peak = traced(lambda s=source: load_image(s))
         assert isinstance(error, ImageLoadError)
-        message = _one_line(error, "max_image_pixels", "xs.config(max_image_pixels=...)")
+        message = one_line(error, "max_image_pixels", "xs.config(max_image_pixels=...)")
         assert "9000x9000 = 81,000,000 pixels" in message
         assert peak < 4 * MB  # nothing the size of the image was made
     with Image.open(big16) as lazy:  # a PIL image not yet decoded is checked before load()
@@ -127,7 +104,7 @@ def test_decoded_bytes_limit(tmp_path: Path) -> None:
     Image.new("RGB", (20, 20), (1, 2, 3)).save(path)
     with xs.config(max_image_bytes=20 * 20 * 4 - 1), pytest.raises(ImageLoadError) as excinfo:
         load_image(path)  # Pillow keeps RGB in 4 bytes a pixel
-    _one_line(excinfo.value, "rgb.png", "max_image_bytes", "xs.config(max_image_bytes=...)")
+    one_line(excinfo.value, "rgb.png", "max_image_bytes", "xs.config(max_image_bytes=...)")
     deep = _png16(tmp_path / "deep.png", 20, 20)
     with xs.config(max_image_bytes=20 * 20 * 2):  # I;16: 2 bytes a pixel, at the limit
         assert load_image(deep).shape == (20, 20, 3)
@@ -151,9 +128,9 @@ def test_raised_limit_gives_the_same_pixels(tmp_path: Path) -> None:
 def test_arrays_checked_before_conversion() -> None:
     # a broadcast view claims 400 M pixels without holding them: no result may be made
     huge = np.broadcast_to(np.float32(0.5), (20000, 20000, 4))
-    error, peak = _numpy_peak(lambda: load_image(huge))
+    error, peak = traced(lambda: load_image(huge))
     assert isinstance(error, ImageLoadError)
-    _one_line(error, "<array>", "max_image_pixels", "20000x20000")
+    one_line(error, "<array>", "max_image_pixels", "20000x20000")
     assert peak < 4 * MB
     with xs.config(max_image_pixels=99), pytest.raises(ImageLoadError):
         load_image(np.zeros((10, 10), np.uint8))
@@ -182,7 +159,7 @@ def test_arrays_checked_before_conversion() -> None:
 )
 def test_conversion_memory_is_a_small_multiple_of_the_result(make: Callable[[], Any]) -> None:
     source = make()
-    out, peak = _numpy_peak(lambda: load_image(source))
+    out, peak = traced(lambda: load_image(source))
     assert isinstance(out, np.ndarray) and out.shape == (1000, 1000, 3)
     # the result (3 MB) plus blocks of rows; the int64/float64 full-size temporaries of
     # before took 60-100 MB here
@@ -194,9 +171,9 @@ def test_app_upload_uses_the_app_limit(tmp_path: Path) -> None:
     Image.new("L", (6000, 6000), 7).save(buf, "PNG", compress_level=9)
     data = buf.getvalue()
     assert len(data) < 200_000
-    error, peak = _numpy_peak(lambda: read_image_upload("huge.png", data))
+    error, peak = traced(lambda: read_image_upload("huge.png", data))
     assert isinstance(error, ImageLoadError)
-    message = _one_line(error, "'huge.png'", "app_max_image_pixels", "36,000,000 pixels")
+    message = one_line(error, "'huge.png'", "app_max_image_pixels", "36,000,000 pixels")
     assert "XAISCOPE_APP_MAX_IMAGE_PIXELS" in message
     assert peak < 4 * MB
     # the process-wide setting is not touched: the library's own limit still applies here
@@ -223,10 +200,10 @@ def test_image_folder_refuses_or_skips_a_bomb(tmp_path: Path) -> None:
     assert path.endswith("bomb.png") and "max_image_pixels" in reason
     with pytest.raises(DatasetError) as excinfo:
         image_folder(tmp_path, size=16, on_error="raise")
-    _one_line(excinfo.value, "bomb.png", "max_image_pixels")
+    one_line(excinfo.value, "bomb.png", "max_image_pixels")
 
 
-def test_cli_explain_bomb_exits_2_with_one_line(
+def test_cli_explain_bomb_exits_2_withone_line(
     big16: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code = main(["explain", str(big16), "--out", str(tmp_path / "out")])
@@ -237,7 +214,7 @@ def test_cli_explain_bomb_exits_2_with_one_line(
     assert "bomb.png" in lines[0] and "max_image_pixels" in lines[0]
 
 
-def test_ico_whose_entry_hides_a_bigger_png_is_one_line(
+def test_ico_whose_entry_hides_a_bigger_png_isone_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The ICO directory says 256x256, the PNG inside is 3000x3000: refused as lying, with

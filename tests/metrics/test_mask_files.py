@@ -17,21 +17,10 @@ import pytest
 from PIL import Image
 
 import xaiscope as xs
+from tests.hostile import MB, Canary
 from xaiscope.cli.evaluate_cmd import read_masks
 from xaiscope.cli.main import main
 from xaiscope.errors import MaskError
-
-MB = 1 << 20
-
-
-class _Canary:
-    """Unpickling this object creates the file at ``path``: proof that a pickle ran."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (str(self.path), "w"))
 
 
 def _masks() -> np.ndarray:
@@ -66,7 +55,7 @@ def _huge_npz(tmp_path: Path) -> Path:
 def _pickled_npy(tmp_path: Path) -> Path:
     objects = np.empty((2, 8, 8), dtype=object)
     objects[...] = False
-    objects[0, 0, 0] = _Canary(tmp_path / "canary.txt")
+    objects[0, 0, 0] = Canary(tmp_path / "canary.txt")
     path = tmp_path / "pickle.npy"
     np.save(path, objects, allow_pickle=True)
     return path

@@ -14,43 +14,19 @@ import struct
 import subprocess
 import sys
 import textwrap
-import tracemalloc
 import zipfile
 import zlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 import xaiscope as xs
+from tests.hostile import MB, one_line, traced
 from xaiscope.errors import ModelLoadError
 from xaiscope.models.keras_model import load_keras_file
 
 ROOT = Path(__file__).resolve().parents[2]
-MB = 1 << 20
-
-
-def _one_line(exc: BaseException, *names: str) -> str:
-    message = str(exc)
-    assert "\n" not in message and "\r" not in message, message
-    for name in names:
-        assert name in message, message
-    return message
-
-
-def _traced(fn: Callable[[], Any]) -> tuple[Any, int]:
-    tracemalloc.start()
-    try:
-        try:
-            result: Any = fn()
-        except Exception as exc:
-            result = exc
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return result, peak
 
 
 # ------------------------------------------------------------------------ .keras zip bombs
@@ -113,9 +89,9 @@ def config_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_keras_config_bomb_refused_from_the_headers(config_bomb: Path) -> None:
-    error, peak = _traced(lambda: load_keras_file(config_bomb))
+    error, peak = traced(lambda: load_keras_file(config_bomb))
     assert isinstance(error, ModelLoadError)
-    message = _one_line(error, "bomb.keras", "config.json", "max_metadata_bytes", "xs.config(")
+    message = one_line(error, "bomb.keras", "config.json", "max_metadata_bytes", "xs.config(")
     assert "1,610,612,736 bytes" in message
     assert peak < 4 * MB
     # also through xs.load_model, as the CLI calls it
@@ -125,9 +101,9 @@ def test_keras_config_bomb_refused_from_the_headers(config_bomb: Path) -> None:
 
 def test_keras_archive_total_is_bounded(config_bomb: Path) -> None:
     with xs.config(max_metadata_bytes=2 << 30, max_archive_bytes=1 << 30):
-        error, peak = _traced(lambda: load_keras_file(config_bomb))
+        error, peak = traced(lambda: load_keras_file(config_bomb))
     assert isinstance(error, ModelLoadError)
-    _one_line(error, "bomb.keras", "max_archive_bytes", "xs.config(max_archive_bytes=...)")
+    one_line(error, "bomb.keras", "max_archive_bytes", "xs.config(max_archive_bytes=...)")
     assert peak < 4 * MB
 
 
@@ -137,9 +113,9 @@ def test_keras_lying_header_read_through_a_capped_stream(tmp_path: Path) -> None
     data, crc = _spaces_deflated(4 << 24)
     path = tmp_path / "liar.keras"
     _raw_zip(path, [("config.json", 8, data, crc, 1000)])
-    error, peak = _traced(lambda: load_keras_file(path))
+    error, peak = traced(lambda: load_keras_file(path))
     assert isinstance(error, ModelLoadError)
-    _one_line(error, "liar.keras")
+    one_line(error, "liar.keras")
     assert peak < 4 * MB
 
 
@@ -151,9 +127,9 @@ def test_h5_arrays_in_compressed_chunks_are_bounded(tmp_path: Path) -> None:
         # never written: the file stays tiny, reading it would make 6.4 GB of fill values
         f.create_dataset("w", shape=(40000, 40000), dtype="f4", chunks=True, compression="gzip")
     assert path.stat().st_size < 100_000
-    error, peak = _traced(lambda: load_keras_file(path))
+    error, peak = traced(lambda: load_keras_file(path))
     assert isinstance(error, ModelLoadError)
-    message = _one_line(error, "arrays.h5", "max_archive_bytes", "xs.config(")
+    message = one_line(error, "arrays.h5", "max_archive_bytes", "xs.config(")
     assert "6,400,000,000 bytes" in message
     assert peak < 4 * MB
 
@@ -166,7 +142,7 @@ def test_h5_fixed_length_model_config_is_measured(tmp_path: Path) -> None:
         f.attrs.create("model_config", np.bytes_(text))  # fixed length: sized in metadata
     with xs.config(max_metadata_bytes=4096), pytest.raises(ModelLoadError) as excinfo:
         load_keras_file(path)
-    _one_line(excinfo.value, "config.h5", "model_config", "max_metadata_bytes")
+    one_line(excinfo.value, "config.h5", "model_config", "max_metadata_bytes")
 
 
 # ------------------------------------------------------------------------ legitimate Keras
@@ -190,13 +166,13 @@ def test_legitimate_keras_file_passes_when_the_limit_allows(tmp_path: Path, suff
     expected = loaded.forward(loaded.normalize(batch))
     with xs.config(max_metadata_bytes=100), pytest.raises(ModelLoadError) as excinfo:
         load_keras_file(path)
-    _one_line(excinfo.value, path.name, "max_metadata_bytes")
+    one_line(excinfo.value, path.name, "max_metadata_bytes")
     with xs.config(max_input_pixels=15 * 15), pytest.raises(ModelLoadError) as excinfo:
         load_keras_file(path)
-    _one_line(excinfo.value, path.name, "16x16", "max_input_pixels")
+    one_line(excinfo.value, path.name, "16x16", "max_input_pixels")
     with xs.config(max_labels=2), pytest.raises(ModelLoadError) as excinfo:
         load_keras_file(path)
-    _one_line(excinfo.value, path.name, "max_labels")
+    one_line(excinfo.value, path.name, "max_labels")
     with xs.config(max_metadata_bytes=1 << 20, max_input_pixels=256, max_labels=3):
         again = load_keras_file(path)
     torch.testing.assert_close(again.forward(again.normalize(batch)), expected)
@@ -290,7 +266,7 @@ def test_onnx_limits_let_a_legitimate_model_through(tmp_path: Path) -> None:
     assert model.input_size == (64, 64) and len(model.labels) == 3
     with xs.config(max_input_pixels=64 * 64 - 1), pytest.raises(ModelLoadError) as excinfo:
         load_onnx(path)
-    _one_line(excinfo.value, "small.onnx", "64x64", "max_input_pixels")
+    one_line(excinfo.value, "small.onnx", "64x64", "max_input_pixels")
     with xs.config(max_input_pixels=64 * 64):
         assert load_onnx(path).input_size == (64, 64)
 
@@ -302,7 +278,7 @@ def test_onnx_declared_classes_bounded(tmp_path: Path) -> None:
     path = _onnx_pool(tmp_path / "wide.onnx", 8, classes=300_000)
     with pytest.raises(ModelLoadError) as excinfo:
         load_onnx(path)
-    _one_line(excinfo.value, "wide.onnx", "300,000", "max_labels", "xs.config(")
+    one_line(excinfo.value, "wide.onnx", "300,000", "max_labels", "xs.config(")
     with xs.config(max_labels=300_000):
         assert len(load_onnx(path).labels) == 300_000
 
@@ -315,10 +291,10 @@ def test_h5_inflation_bounded_below_the_archive_limit(tmp_path: Path) -> None:
     with h5py.File(path, "w") as f:
         f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {}})
         f.create_dataset("w", shape=(10000, 10000), dtype="f4", chunks=True, compression="gzip")
-    error, peak = _traced(lambda: load_keras_file(path))
+    error, peak = traced(lambda: load_keras_file(path))
     assert isinstance(error, ModelLoadError)
-    _one_line(error, "inflated.h5", "max_inflation", "xs.config(")
+    one_line(error, "inflated.h5", "max_inflation", "xs.config(")
     assert peak < 4 * MB
     with xs.config(max_inflation=10**9):  # the ratio allowed: the next check is Keras's own
-        error, _ = _traced(lambda: load_keras_file(path))
+        error, _ = traced(lambda: load_keras_file(path))
     assert "max_inflation" not in str(error)

@@ -6,77 +6,36 @@ from __future__ import annotations
 import json
 import time
 import tracemalloc
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 import xaiscope as xs
+from tests.hostile import CLEAN, evil_torchscript
 from xaiscope.models import registry_store, save_checkpoint
 from xaiscope.train.archs import SmallCNN
 
-CANARY = b"intact"
 
-
-class _Payload(torch.nn.Module):
-    """Writes 'AAAAAA' over the file at ``path`` when unpickled (TorchScript __setstate__)."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-        self.marker = torch.zeros(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, bool]:
-        return (self.path, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool]) -> None:
-        self.path = state[0]
-        self.training = state[1]
-        t = torch.from_file(self.path, shared=True, size=6, dtype=torch.uint8)
-        t.fill_(65)
-        # kept in a field, or TorchScript drops the write as dead code
-        self.marker = t.float().sum().reshape(1)
-
-
-class _Evil(torch.nn.Module):
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.payload = _Payload(path)
-        self.head = torch.nn.Linear(3, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.payload(x).mean((2, 3)))
-
-
-def evil_torchscript(folder: Path) -> tuple[Path, Path]:
+def evil_torchscript_file(folder: Path) -> tuple[Path, Path]:
     """A TorchScript model that overwrites a canary file when loaded; (model, canary)."""
     canary = folder / "canary.txt"
-    canary.write_bytes(CANARY)
     path = folder / "evil.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's deprecations of TorchScript
-        torch.jit.save(torch.jit.script(_Evil(str(canary))), str(path))
-    assert canary.read_bytes() == CANARY  # saving ran nothing
+    path.write_bytes(evil_torchscript(canary))
     return path, canary
 
 
 def test_torchscript_refused_without_trust_and_runs_only_with_it(tmp_path: Path) -> None:
-    path, canary = evil_torchscript(tmp_path)
+    path, canary = evil_torchscript_file(tmp_path)
     with pytest.raises(xs.UnsafeModelError) as info:
         xs.load_model(path)
     msg = str(info.value)
     assert "\n" not in msg and "TorchScript" in msg and "trust=True" in msg
     assert "--trust-model" in msg
-    assert canary.read_bytes() == CANARY  # refused before anything ran
+    assert canary.read_bytes() == CLEAN  # refused before anything ran
     model = xs.load_model(path, trust=True, input_size=8)  # the opt-in loads it...
-    assert canary.read_bytes() == b"AAAAAA"  # ...and so runs its code: what trust means
-    assert model.forward(torch.zeros(1, 3, 8, 8)).shape == (1, 2)
+    assert canary.read_bytes() == b"AAAA"  # ...and so runs its code: what trust means
+    assert model.forward(torch.zeros(1, 3, 8, 8)).shape == (1, 3)
 
 
 def test_cli_refuses_torchscript_without_trust_model(
@@ -84,11 +43,11 @@ def test_cli_refuses_torchscript_without_trust_model(
 ) -> None:
     from xaiscope.cli.main import main
 
-    path, canary = evil_torchscript(tmp_path)
+    path, canary = evil_torchscript_file(tmp_path)
     code = main(["explain", "--model", str(path), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--trust-model" in err[0], err
-    assert canary.read_bytes() == CANARY
+    assert canary.read_bytes() == CLEAN
     assert not (tmp_path / "out").exists()
 
 
@@ -104,12 +63,12 @@ def _checkpoint(tmp_path: Path, **changes: object) -> Path:
 
 
 def test_checkpoint_architecture_must_be_a_zoo_spec(tmp_path: Path) -> None:
-    evil, canary = evil_torchscript(tmp_path)
+    evil, canary = evil_torchscript_file(tmp_path)
     for arch in (str(evil), str(tmp_path / "m.pth"), "efficientnet_lite0", "my-registry-entry"):
         path = _checkpoint(tmp_path, xaiscope_arch=arch)
         with pytest.raises(xs.ModelLoadError, match="timm:NAME or torchvision:NAME"):
             xs.load_model(path)
-    assert canary.read_bytes() == CANARY
+    assert canary.read_bytes() == CLEAN
     assert xs.load_model(_checkpoint(tmp_path)).labels == ["a", "b", "c"]
 
 

@@ -16,7 +16,7 @@ try:
 except Exception:  # the package was copied without its sibling module: stay importable
     _impl = None
 
-__all__ = ["install", "installed"]
+__all__ = ["install", "installed", "no_ldconfig_lookups"]
 
 
 def install() -> bool:
@@ -29,4 +29,36 @@ def installed() -> bool:
     return _impl.installed() if _impl is not None else False
 
 
+#: glibc's own libraries, under the names they have had since glibc 2.3
+_GLIBC_SONAMES = {"c": "libc.so.6", "dl": "libdl.so.2", "pthread": "libpthread.so.0"}
+
+
+def no_ldconfig_lookups() -> bool:
+    """Answer ``ctypes.util.find_library`` for glibc's own libraries without a subprocess.
+
+    On Linux ``find_library`` runs ``/sbin/ldconfig -p`` to answer, and libraries ask for
+    glibc's parts at import: the CUDA build of torch for ``dl`` (its CUDA library finder),
+    trio (pulled in by timm's HTTP client) for ``pthread``. So every run started a process.
+    On glibc the answers are fixed sonames, which those callers fall back to anyway. Other
+    names, and other C libraries, keep the standard lookup. Returns whether it is active.
+    """
+    import ctypes.util
+    import platform
+    import sys
+
+    current = ctypes.util.find_library
+    if getattr(current, "_xaiscope_libdl", False):
+        return True
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+
+    def find_library(name: str) -> str | None:
+        return _GLIBC_SONAMES.get(name) or current(name)
+
+    find_library._xaiscope_libdl = True  # type: ignore[attr-defined]
+    ctypes.util.find_library = find_library
+    return True
+
+
 install()
+no_ldconfig_lookups()

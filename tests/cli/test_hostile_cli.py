@@ -164,3 +164,59 @@ def test_random_params_exit_0_or_2_with_one_line(
     if code == 2:
         lines = captured.err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("xaiscope: error: "), captured.err
+
+
+# ------------------------------------------------------------------- method names (issue 21)
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("gradcm", "gradcam"),
+        ("smothgrad", "smoothgrad"),
+        ("occlusoin", "occlusion"),
+        ("integratedgradient", "integrated_gradients"),
+        ("limee", "lime"),
+    ],
+)
+def test_a_typo_gets_did_you_mean_and_a_sorted_list(typo: str, meant: str) -> None:
+    with pytest.raises(xs.UnknownMethodError) as info:
+        xs.get_method(typo)
+    text = str(info.value)
+    assert f"did you mean {meant}?" in text
+    listed = text.split("valid methods: ", 1)[1].split(", ")
+    assert listed == sorted(listed) and meant in listed
+
+
+def test_nothing_close_gets_no_guess() -> None:
+    with pytest.raises(xs.UnknownMethodError) as info:
+        xs.get_method("xyz")
+    assert "did you mean" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "name"),
+    [
+        ("Grad-CAM", "gradcam"),
+        ("GradCAM", "gradcam"),
+        ("Grad-CAM++", "gradcam++"),
+        ("Integrated Gradients", "integrated_gradients"),
+        ("integrated-gradients", "integrated_gradients"),
+    ],
+)
+def test_other_spellings_resolve(spelling: str, name: str) -> None:
+    assert xs.get_method(spelling).name == name
+
+
+def test_cli_says_which_method_an_alias_ran_as(
+    tiny_registry: Path,
+    tiny_image: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("XAISCOPE_MODELS", str(tiny_registry))
+    argv = [str(tiny_image), "--model", "tiny", "--method", "Grad-CAM,saliency,ig"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "method 'Grad-CAM' runs as gradcam" in out
+    assert "method 'ig' runs as integrated_gradients" in out
+    assert "runs as saliency" not in out  # the name itself: nothing to say

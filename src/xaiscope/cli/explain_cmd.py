@@ -398,6 +398,11 @@ def run(args: argparse.Namespace) -> int:
     params: dict[str, Any] = dict(method_params(param_args, infos))
     layer = check_layer(model, infos, args.layer)
     check_target(model, args.target, len(items))
+    if args.method is not None and names is not None and not args.quiet:
+        for given in (n.strip() for n in str(args.method).split(",") if n.strip()):
+            name = get_method(given).name
+            if given.lower() != name:  # an alias or another spelling: say which method ran
+                _print(f"method {given!r} runs as {name}")
 
     # ---- compute and write, batch by batch
     from tqdm import tqdm

@@ -211,7 +211,36 @@ def get_method(name: str) -> MethodInfo:
         candidate = _ALIASES.get(candidate, candidate)
         if candidate in _REGISTRY:
             return _REGISTRY[candidate]
-    raise UnknownMethodError(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
+    exact = _spellings().get(_squash(key))  # "Grad-CAM++", "Integrated Gradients"
+    if exact is not None:
+        return _REGISTRY[exact]
+    hint = suggest_method(key)
+    guess = f"did you mean {hint}? " if hint else ""
+    raise UnknownMethodError(
+        f"unknown method {name!r}; {guess}valid methods: {', '.join(sorted(method_names()))}"
+    )
+
+
+def _squash(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum() or ch == "+")
+
+
+def suggest_method(name: str) -> str | None:
+    """The registered method whose name or alias is closest to ``name`` (a typo such as
+    ``gradcm``), compared without case, '-' and '_'; None when nothing is close."""
+    import difflib
+
+    spellings = _spellings()
+    close = difflib.get_close_matches(_squash(name), list(spellings), n=1, cutoff=0.75)
+    return spellings[close[0]] if close else None
+
+
+def _spellings() -> dict[str, str]:
+    """Every name and alias without case, '-', '_' or spaces -> the method's name."""
+    _load_all()
+    out = {_squash(a): target for a, target in _ALIASES.items()}
+    out.update({_squash(n): n for n in _REGISTRY})
+    return out
 
 
 def method_names(*, needs_gradients: bool | None = None, family: str | None = None) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 MB = 1 << 20
@@ -82,3 +83,23 @@ def traced(fn: Callable[[], Any]) -> tuple[Any, int]:
     finally:
         tracemalloc.stop()
     return result, peak
+
+
+def npy_header(shape: tuple[int, ...], dtype: Any) -> bytes:
+    """A version 1.0 .npy header declaring ``shape`` and ``dtype`` (no data)."""
+    d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False}
+    text = repr({**d, "shape": shape}).encode("latin1")
+    pad = 64 - (10 + len(text) + 1) % 64
+    text += b" " * (pad % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+
+
+#: Source of ``peak()``, for scripts run in a subprocess: the process's own high-water mark
+#: of resident memory (VmHWM); ``ru_maxrss`` would start at the parent's peak, which Linux
+#: copies at fork
+PEAK_SOURCE = """
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+"""

@@ -21,18 +21,9 @@ import pytest
 import torch
 
 import xaiscope as xs
-from tests.hostile import MB, Canary
+from tests.hostile import MB, Canary, npy_header
 from xaiscope.cli.main import main
 from xaiscope.explanation import MAX_JSON_DEPTH
-
-
-def _header(shape: tuple[int, ...], dtype: Any) -> bytes:
-    """A version 1.0 .npy header declaring ``shape`` and ``dtype`` (no data)."""
-    d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False}
-    text = repr({**d, "shape": shape}).encode("latin1")
-    pad = 64 - (10 + len(text) + 1) % 64
-    text += b" " * (pad % 64) + b"\n"
-    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
 
 
 def _npy(arr: np.ndarray, allow_pickle: bool = False) -> bytes:
@@ -103,7 +94,7 @@ def _zip_bomb_meta(tmp_path: Path) -> Path:
         zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf,
         zf.open("meta.npy", "w") as f,
     ):
-        f.write(_header((size,), np.uint8))
+        f.write(npy_header((size,), np.uint8))
         block = b" " * MB
         for _ in range(size // MB):
             f.write(block)
@@ -112,7 +103,7 @@ def _zip_bomb_meta(tmp_path: Path) -> Path:
 
 
 def _huge_header(tmp_path: Path) -> Path:
-    tiny_data = _header((100_000, 100_000, 100_000), np.float32) + b"\0" * 64
+    tiny_data = npy_header((100_000, 100_000, 100_000), np.float32) + b"\0" * 64
     return _tampered(tmp_path, "huge.npz", maps=tiny_data)
 
 

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import xaiscope as xs
-from tests.hostile import MB, one_line, traced
+from tests.hostile import MB, PEAK_SOURCE, one_line, traced
 from xaiscope.app.logic import read_image_upload
 from xaiscope.cli import main
 from xaiscope.data import load_image
@@ -59,18 +59,11 @@ def test_16bit_9000_refused_from_the_header(big16: Path) -> None:
         assert lazy.tile  # still not decoded
 
 
-_PEAK_SCRIPT = textwrap.dedent(
+_PEAK_SCRIPT = PEAK_SOURCE + textwrap.dedent(
     """
     import sys
     import xaiscope as xs
     from xaiscope.data import load_image
-
-    def peak():
-        # VmHWM is this process's own high-water mark; ru_maxrss would start at the
-        # parent's (pytest's) peak, which Linux copies at fork
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
 
     xs.config(max_image_pixels=100_000_000)
     before = peak()

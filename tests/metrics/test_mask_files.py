@@ -10,14 +10,13 @@ import tracemalloc
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import xaiscope as xs
-from tests.hostile import MB, Canary
+from tests.hostile import MB, Canary, npy_header
 from xaiscope.cli.evaluate_cmd import read_masks
 from xaiscope.cli.main import main
 from xaiscope.errors import MaskError
@@ -30,25 +29,16 @@ def _masks() -> np.ndarray:
     return masks
 
 
-def _header(shape: tuple[int, ...], dtype: Any) -> bytes:
-    """A version 1.0 .npy header declaring ``shape`` and ``dtype`` (no data)."""
-    d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False}
-    text = repr({**d, "shape": shape}).encode("latin1")
-    pad = 64 - (10 + len(text) + 1) % 64
-    text += b" " * (pad % 64) + b"\n"
-    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
-
-
 def _huge_npy(tmp_path: Path) -> Path:
     path = tmp_path / "huge.npy"
-    path.write_bytes(_header((100_000, 100_000, 100_000), np.float32) + b"\0" * 64)
+    path.write_bytes(npy_header((100_000, 100_000, 100_000), np.float32) + b"\0" * 64)
     return path
 
 
 def _huge_npz(tmp_path: Path) -> Path:
     path = tmp_path / "huge.npz"
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("masks.npy", _header((100_000, 100_000, 100_000), bool) + b"\0" * 64)
+        zf.writestr("masks.npy", npy_header((100_000, 100_000, 100_000), bool) + b"\0" * 64)
     return path
 
 

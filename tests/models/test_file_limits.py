@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import xaiscope as xs
-from tests.hostile import MB, one_line, traced
+from tests.hostile import MB, PEAK_SOURCE, one_line, traced
 from xaiscope.errors import ModelLoadError
 from xaiscope.models.keras_model import load_keras_file
 
@@ -211,17 +211,11 @@ def _onnx_pool(path: Path, side: int, classes: int | None = None) -> Path:
     return path
 
 
-_ONNX_SCRIPT = textwrap.dedent(
+_ONNX_SCRIPT = PEAK_SOURCE + textwrap.dedent(
     """
     import sys
     import xaiscope as xs
     from xaiscope.errors import ModelLoadError
-
-    def peak():
-        # VmHWM is this process's own high-water mark (ru_maxrss starts at pytest's)
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
 
     before = peak()
     try:
